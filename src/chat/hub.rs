@@ -1,0 +1,380 @@
+//! The live side of the chat: rooms, their broadcast channels and presence.
+//!
+//! `Hub` is a cheap `Clone` handle around `Arc<Shared>` (as in mini-redis).
+//! All live state sits behind one std `Mutex`: every critical section is a
+//! few map operations and a non-blocking `broadcast::send`, never an
+//! `.await`, so a blocking mutex is both correct and faster than an async one.
+//!
+//! A room exists here only while something watches it (an SSE stream or a
+//! long-poll); the last guard to drop removes it, so rooms that come and go
+//! cost nothing. History is not here: it is in the store.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::broadcast;
+
+use super::message::{Event, Message, MessageFrames, PresenceKind};
+use super::types::{ClientId, DisplayName, RoomName};
+use crate::metrics::Metrics;
+
+/// Names remembered for clients that set one; beyond this, arbitrary old
+/// entries are forgotten (the page sends its name with every request, so a
+/// forgotten name comes back on the client's next request).
+const MAX_REMEMBERED_NAMES: usize = 100_000;
+
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Events a subscriber may fall behind before it is cut off. Bounds the
+    /// memory a slow reader can pin: the channel keeps at most this many.
+    capacity: usize,
+    shutting_down: AtomicBool,
+    keepalive: Arc<Event>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct State {
+    rooms: HashMap<RoomName, Room>,
+    names: HashMap<ClientId, DisplayName>,
+}
+
+struct Room {
+    tx: broadcast::Sender<Arc<Event>>,
+    /// Clients with at least one open stream, and how many each has.
+    presence: HashMap<ClientId, Presence>,
+    /// Receivers handed out (streams and long-polls).
+    watchers: usize,
+}
+
+struct Presence {
+    name: DisplayName,
+    streams: usize,
+}
+
+/// Refused because the server is shutting down.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the server is shutting down")]
+pub struct ShuttingDown;
+
+/// A receiver of a room's live events, and the guard that gives its place
+/// back when dropped.
+pub struct Subscription {
+    pub rx: broadcast::Receiver<Arc<Event>>,
+    pub guard: SubscriptionGuard,
+    /// Distinct clients online in the room, this one included.
+    pub online: usize,
+}
+
+pub struct SubscriptionGuard {
+    hub: Hub,
+    room: RoomName,
+    /// Set for SSE streams (they count as presence), unset for long-polls.
+    client: Option<ClientId>,
+}
+
+impl Drop for SubscriptionGuard {
+    fn drop(&mut self) {
+        self.hub.release(&self.room, self.client);
+    }
+}
+
+impl Hub {
+    pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
+        Hub {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                capacity: capacity.max(1),
+                shutting_down: AtomicBool::new(false),
+                keepalive: Arc::new(Event::Keepalive),
+                metrics,
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated
+        // in a way that matters more than refusing service forever would.
+        self.shared.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    /// Opens an SSE stream's subscription. The join event goes to the room's
+    /// other streams before this one subscribes, so it never sees its own.
+    pub fn open_stream(
+        &self,
+        room: &RoomName,
+        client: ClientId,
+        name: &DisplayName,
+    ) -> Result<Subscription, ShuttingDown> {
+        let mut state = self.lock();
+        if self.is_shutting_down() {
+            return Err(ShuttingDown);
+        }
+        let r = self.room_entry(&mut state, room);
+        let first = !r.presence.contains_key(&client);
+        let p = r.presence.entry(client).or_insert_with(|| Presence {
+            name: name.clone(),
+            streams: 0,
+        });
+        p.streams += 1;
+        p.name = name.clone();
+        let online = r.presence.len();
+        if first {
+            let _ =
+                r.tx.send(Arc::new(Event::presence(PresenceKind::Join, name, online)));
+        }
+        r.watchers += 1;
+        let rx = r.tx.subscribe();
+        drop(state);
+        self.shared.metrics.sse_streams.inc();
+        Ok(Subscription {
+            rx,
+            guard: SubscriptionGuard {
+                hub: self.clone(),
+                room: room.clone(),
+                client: Some(client),
+            },
+            online,
+        })
+    }
+
+    /// Watches a room's live events without counting as presence (long-poll).
+    pub fn watch(&self, room: &RoomName) -> Result<Subscription, ShuttingDown> {
+        let mut state = self.lock();
+        if self.is_shutting_down() {
+            return Err(ShuttingDown);
+        }
+        let r = self.room_entry(&mut state, room);
+        r.watchers += 1;
+        let online = r.presence.len();
+        let rx = r.tx.subscribe();
+        Ok(Subscription {
+            rx,
+            guard: SubscriptionGuard {
+                hub: self.clone(),
+                room: room.clone(),
+                client: None,
+            },
+            online,
+        })
+    }
+
+    fn room_entry<'a>(&self, state: &'a mut State, room: &RoomName) -> &'a mut Room {
+        let capacity = self.shared.capacity;
+        state.rooms.entry(room.clone()).or_insert_with(|| Room {
+            tx: broadcast::channel(capacity).0,
+            presence: HashMap::new(),
+            watchers: 0,
+        })
+    }
+
+    fn release(&self, room: &RoomName, client: Option<ClientId>) {
+        let mut state = self.lock();
+        let Some(r) = state.rooms.get_mut(room) else {
+            return;
+        };
+        r.watchers = r.watchers.saturating_sub(1);
+        if let Some(client) = client {
+            self.shared.metrics.sse_streams.dec();
+            if let Some(p) = r.presence.get_mut(&client) {
+                p.streams -= 1;
+                if p.streams == 0 {
+                    let name = r.presence.remove(&client).map(|p| p.name);
+                    if let Some(name) = name {
+                        let online = r.presence.len();
+                        let _ = r.tx.send(Arc::new(Event::presence(
+                            PresenceKind::Leave,
+                            &name,
+                            online,
+                        )));
+                    }
+                }
+            }
+        }
+        if r.watchers == 0 {
+            state.rooms.remove(room);
+        }
+    }
+
+    /// Delivers stored messages, in the order given (which must be id order
+    /// per room: the single writer guarantees it).
+    pub fn publish(&self, messages: Vec<Message>) {
+        // Encode outside the lock: the lock only covers the sends.
+        let events: Vec<(RoomName, Arc<Event>)> = messages
+            .into_iter()
+            .map(|m| {
+                (
+                    m.room.clone(),
+                    Arc::new(Event::Message(MessageFrames::new(m))),
+                )
+            })
+            .collect();
+        let state = self.lock();
+        for (room, event) in events {
+            if let Some(r) = state.rooms.get(&room) {
+                let _ = r.tx.send(event);
+            }
+        }
+    }
+
+    /// One keep-alive tick to every live room.
+    pub fn keepalive(&self) {
+        let state = self.lock();
+        for r in state.rooms.values() {
+            let _ = r.tx.send(self.shared.keepalive.clone());
+        }
+    }
+
+    /// Refuses new subscriptions and tells every open one to end.
+    pub fn shutdown(&self) {
+        let state = self.lock();
+        self.shared.shutting_down.store(true, Ordering::SeqCst);
+        let event = Arc::new(Event::Shutdown);
+        for r in state.rooms.values() {
+            let _ = r.tx.send(event.clone());
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutting_down.load(Ordering::SeqCst)
+    }
+
+    pub fn online(&self, room: &RoomName) -> usize {
+        self.lock().rooms.get(room).map_or(0, |r| r.presence.len())
+    }
+
+    /// Rooms with someone online, with their counts.
+    pub fn rooms_online(&self) -> Vec<(RoomName, usize)> {
+        self.lock()
+            .rooms
+            .iter()
+            .filter(|(_, r)| !r.presence.is_empty())
+            .map(|(name, r)| (name.clone(), r.presence.len()))
+            .collect()
+    }
+
+    /// Number of rooms with live machinery (for tests and metrics).
+    pub fn live_rooms(&self) -> usize {
+        self.lock().rooms.len()
+    }
+
+    /// Records the latest name a client used.
+    pub fn set_name(&self, client: ClientId, name: &DisplayName) {
+        let mut state = self.lock();
+        if state.names.len() >= MAX_REMEMBERED_NAMES && !state.names.contains_key(&client) {
+            if let Some(k) = state.names.keys().next().copied() {
+                state.names.remove(&k);
+            }
+        }
+        state.names.insert(client, name.clone());
+    }
+
+    /// The client's current name: the latest it set, else its guest name.
+    pub fn name_of(&self, client: ClientId) -> DisplayName {
+        self.lock()
+            .names
+            .get(&client)
+            .cloned()
+            .unwrap_or_else(|| DisplayName::guest(client))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::types::EventId;
+
+    fn hub() -> Hub {
+        Hub::new(16, Arc::new(Metrics::default()))
+    }
+
+    fn name(s: &str) -> DisplayName {
+        DisplayName::parse(s).unwrap()
+    }
+
+    #[test]
+    fn presence_counts_distinct_clients_and_frees_rooms() {
+        let hub = hub();
+        let room = RoomName::lobby();
+        let a1 = hub.open_stream(&room, ClientId(1), &name("a")).unwrap();
+        assert_eq!(a1.online, 1);
+        let a2 = hub.open_stream(&room, ClientId(1), &name("a")).unwrap();
+        assert_eq!(
+            a2.online, 1,
+            "a second stream of one client is not a second person"
+        );
+        let mut b = hub.open_stream(&room, ClientId(2), &name("b")).unwrap();
+        assert_eq!(b.online, 2);
+        drop(a1);
+        assert_eq!(hub.online(&room), 2);
+        drop(a2);
+        assert_eq!(hub.online(&room), 1);
+        match &*b.rx.try_recv().unwrap() {
+            Event::Presence { text, .. } => assert!(std::str::from_utf8(text)
+                .unwrap()
+                .contains("a left (1 online)")),
+            _ => panic!("expected leave"),
+        }
+        drop(b);
+        assert_eq!(
+            hub.live_rooms(),
+            0,
+            "room machinery freed with its last stream"
+        );
+    }
+
+    #[test]
+    fn a_stream_does_not_see_its_own_join() {
+        let hub = hub();
+        let room = RoomName::lobby();
+        let mut a = hub.open_stream(&room, ClientId(1), &name("a")).unwrap();
+        let mut b = hub.open_stream(&room, ClientId(2), &name("b")).unwrap();
+        assert!(matches!(&*a.rx.try_recv().unwrap(), Event::Presence { .. }));
+        assert!(b.rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn publish_reaches_only_the_room() {
+        let hub = hub();
+        let lobby = RoomName::lobby();
+        let other = RoomName::parse("other").unwrap();
+        let mut w = hub.watch(&other).unwrap();
+        hub.publish(vec![Message {
+            id: EventId(1),
+            room: lobby,
+            name: name("a"),
+            text: "x".into(),
+            ts: 0,
+            sender: ClientId(1),
+        }]);
+        assert!(w.rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn shutdown_refuses_new_and_ends_open_streams() {
+        let hub = hub();
+        let mut s = hub.watch(&RoomName::lobby()).unwrap();
+        hub.shutdown();
+        assert!(matches!(&*s.rx.try_recv().unwrap(), Event::Shutdown));
+        assert!(hub.watch(&RoomName::lobby()).is_err());
+    }
+
+    #[test]
+    fn names_default_to_guest_and_latest_wins() {
+        let hub = hub();
+        assert!(hub.name_of(ClientId(5)).as_str().starts_with("guest-"));
+        hub.set_name(ClientId(5), &name("x"));
+        hub.set_name(ClientId(5), &name("y"));
+        assert_eq!(hub.name_of(ClientId(5)).as_str(), "y");
+    }
+}

@@ -1,0 +1,98 @@
+//! The chat domain: validated types, messages and their frames, the live
+//! hub, and the single writer. No HTTP here.
+
+pub mod hub;
+pub mod message;
+pub mod subscriber;
+pub mod types;
+pub mod writer;
+
+use std::sync::Arc;
+
+use self::hub::Hub;
+use self::message::Message;
+use self::types::{EventId, RoomName};
+use self::writer::Writer;
+use crate::store::{Appended, NewMessage, Store, StoreError};
+
+/// Why the chat could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The chat as the HTTP layer sees it: live hub + history + writer.
+#[derive(Clone)]
+pub struct Chat {
+    pub hub: Hub,
+    store: Arc<dyn Store>,
+    writer: Arc<Writer>,
+}
+
+impl Chat {
+    pub fn new(hub: Hub, store: Arc<dyn Store>) -> Self {
+        let writer = Arc::new(Writer::start(store.clone(), hub.clone()));
+        Chat { hub, store, writer }
+    }
+
+    /// Stores and broadcasts a message; returns once it is stored.
+    pub async fn post(&self, msg: NewMessage) -> Result<Appended, ChatError> {
+        if self.hub.is_shutting_down() {
+            return Err(ChatError::ShuttingDown);
+        }
+        Ok(self
+            .writer
+            .append(msg)
+            .await
+            .map_err(|_| ChatError::ShuttingDown)??)
+    }
+
+    /// Runs a blocking store read off the async runtime.
+    async fn read<T, F>(&self, f: F) -> Result<T, ChatError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&*store))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+            .map_err(ChatError::from)
+    }
+
+    pub async fn after(
+        &self,
+        room: &RoomName,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> Result<Vec<Message>, ChatError> {
+        let room = room.clone();
+        self.read(move |s| s.after(&room, after, limit)).await
+    }
+
+    pub async fn latest(&self, room: &RoomName, limit: usize) -> Result<Vec<Message>, ChatError> {
+        let room = room.clone();
+        self.read(move |s| s.latest(&room, limit)).await
+    }
+
+    pub async fn last_id(&self, room: &RoomName) -> Result<Option<EventId>, ChatError> {
+        let room = room.clone();
+        self.read(move |s| s.last_id(&room)).await
+    }
+
+    pub async fn rooms(&self) -> Result<Vec<RoomName>, ChatError> {
+        self.read(|s| s.rooms()).await
+    }
+
+    pub async fn prune(&self, keep: usize) -> Result<u64, ChatError> {
+        self.read(move |s| s.prune(keep)).await
+    }
+
+    /// Stops the writer after the queued appends, and flushes storage.
+    pub async fn close(&self) {
+        self.writer.close().await;
+    }
+}

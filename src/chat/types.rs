@@ -1,0 +1,340 @@
+//! Validated newtypes of the chat domain.
+//!
+//! Every value that comes from a client passes through one `parse` here, so
+//! the rest of the crate can hold a `RoomName` or a `MessageText` and know it
+//! is valid. Errors are human-readable: they go back to the client verbatim.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// Why a value from a client was refused; the text is shown to the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+fn invalid(msg: impl Into<String>) -> Invalid {
+    Invalid(msg.into())
+}
+
+/// A room name: `^[A-Za-z0-9_-]{1,64}$`. Cheap to clone (shared string).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct RoomName(Arc<str>);
+
+impl RoomName {
+    pub const DEFAULT: &'static str = "lobby";
+
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let ok = (1..=64).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(RoomName(Arc::from(s)))
+        } else {
+            Err(invalid(
+                "room must be 1-64 characters of A-Z, a-z, 0-9, '_' or '-'",
+            ))
+        }
+    }
+
+    /// `room` from a request: absent means the lobby.
+    pub fn parse_or_default(s: Option<&str>) -> Result<Self, Invalid> {
+        Self::parse(s.unwrap_or(Self::DEFAULT))
+    }
+
+    pub fn lobby() -> Self {
+        RoomName(Arc::from(Self::DEFAULT))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RoomName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Characters a display name may not contain: C0/C1 controls, and the
+/// Unicode line and paragraph separators (they break lines in some clients).
+fn is_forbidden_in_name(c: char) -> bool {
+    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+}
+
+/// A public display name: 1-32 characters, no control characters.
+/// Surrounding whitespace is trimmed first.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct DisplayName(Arc<str>);
+
+impl DisplayName {
+    pub const MAX_CHARS: usize = 32;
+
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let s = s.trim();
+        let n = s.chars().count();
+        if n == 0 {
+            return Err(invalid("name must not be empty"));
+        }
+        if n > Self::MAX_CHARS {
+            return Err(invalid(format!(
+                "name must be at most {} characters (got {n})",
+                Self::MAX_CHARS
+            )));
+        }
+        if s.chars().any(is_forbidden_in_name) {
+            return Err(invalid("name must not contain control characters"));
+        }
+        Ok(DisplayName(Arc::from(s)))
+    }
+
+    /// The name of a client that never chose one: `guest-XXXX`, stable per token.
+    pub fn guest(client: ClientId) -> Self {
+        DisplayName(Arc::from(format!("guest-{:04x}", (client.0 >> 112) as u16)))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DisplayName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The text of a message: 1..=max Unicode scalar values, anything allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageText(String);
+
+impl MessageText {
+    pub fn parse(s: String, max_chars: usize) -> Result<Self, Invalid> {
+        if s.is_empty() {
+            return Err(invalid("text must not be empty"));
+        }
+        if max_chars > 0 {
+            // Count lazily: stop as soon as the limit is passed.
+            let n = s.chars().take(max_chars + 1).count();
+            if n > max_chars {
+                return Err(invalid(format!(
+                    "text must be at most {max_chars} characters"
+                )));
+            }
+        }
+        Ok(MessageText(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn into_string(self) -> String {
+        self.0
+    }
+}
+
+/// An event id: strictly increasing per room in delivery order. On the wire
+/// it is an opaque decimal string; clients only echo it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct EventId(pub u64);
+
+impl EventId {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let ok = !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
+        ok.then(|| s.parse::<u64>().ok())
+            .flatten()
+            .map(EventId)
+            .ok_or_else(|| invalid("malformed event id: expected an id from this server"))
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The secret a client proves itself with. Never logged, never shown to
+/// other clients: `Debug` is redacted, and there is no `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientToken(String);
+
+impl fmt::Debug for ClientToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientToken(<redacted>)")
+    }
+}
+
+impl ClientToken {
+    pub const MAX_LEN: usize = 128;
+
+    /// Tokens are URL-safe so they fit in a cookie, a header and a query.
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let ok = (1..=Self::MAX_LEN).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'));
+        if ok {
+            Ok(ClientToken(s.to_owned()))
+        } else {
+            Err(invalid(format!(
+                "client token must be 1-{} URL-safe characters (A-Z a-z 0-9 - _ . ~)",
+                Self::MAX_LEN
+            )))
+        }
+    }
+
+    /// A fresh token: 160 random bits, hex encoded.
+    pub fn mint() -> Self {
+        let mut raw = [0u8; 20];
+        getrandom::fill(&mut raw).expect("the operating system's random source failed");
+        let mut s = String::with_capacity(40);
+        for b in raw {
+            s.push_str(&format!("{b:02x}"));
+        }
+        ClientToken(s)
+    }
+
+    /// The value to put in a cookie or a `hello` event for this client alone.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The public identity derived from the token (a one-way hash), which is
+    /// what gets stored with messages and compared for `me`.
+    pub fn id(&self) -> ClientId {
+        let digest = Sha256::digest(self.0.as_bytes());
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&digest[..16]);
+        ClientId(u128::from_be_bytes(b))
+    }
+}
+
+/// One-way identity of a client (first 128 bits of SHA-256 of its token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId(pub u128);
+
+impl ClientId {
+    /// An identity no token maps to in practice: for anonymous senders.
+    pub fn random() -> Self {
+        ClientToken::mint().id()
+    }
+}
+
+/// Idempotency key of a POST: 1-64 characters, no control characters.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientMsgId(String);
+
+impl ClientMsgId {
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let n = s.chars().count();
+        if !(1..=64).contains(&n) || s.chars().any(char::is_control) {
+            return Err(invalid(
+                "client_msg_id must be 1-64 characters without control characters",
+            ));
+        }
+        Ok(ClientMsgId(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_names_follow_the_pattern() {
+        assert!(RoomName::parse("lobby").is_ok());
+        assert!(RoomName::parse("a-b_C9").is_ok());
+        assert!(RoomName::parse(&"x".repeat(64)).is_ok());
+        for bad in ["", "a b", "é", "a/b", "a\n", &"x".repeat(65)] {
+            assert!(RoomName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(RoomName::parse_or_default(None).unwrap().as_str(), "lobby");
+    }
+
+    #[test]
+    fn names_are_trimmed_and_bounded() {
+        assert_eq!(DisplayName::parse("  alice ").unwrap().as_str(), "alice");
+        assert!(DisplayName::parse(&"é".repeat(32)).is_ok());
+        assert!(DisplayName::parse(&"é".repeat(33)).is_err());
+        for bad in [
+            "",
+            "   ",
+            "a\nb",
+            "a\rb",
+            "a\u{0}b",
+            "a\u{85}b",
+            "a\u{2028}b",
+        ] {
+            assert!(DisplayName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn guest_names_are_stable_per_token() {
+        let t = ClientToken::parse("some-token").unwrap();
+        let a = DisplayName::guest(t.id());
+        assert_eq!(a, DisplayName::guest(t.id()));
+        assert!(a.as_str().starts_with("guest-") && a.as_str().len() == 10);
+    }
+
+    #[test]
+    fn text_length_counts_unicode_scalars() {
+        assert!(MessageText::parse("ééé".into(), 3).is_ok());
+        assert!(MessageText::parse("éééé".into(), 3).is_err());
+        assert!(MessageText::parse(String::new(), 3).is_err());
+        assert!(MessageText::parse("\n".into(), 3).is_ok());
+        assert!(
+            MessageText::parse("x".repeat(10_000), 0).is_ok(),
+            "0 is off"
+        );
+    }
+
+    #[test]
+    fn event_ids_are_decimal() {
+        assert_eq!(EventId::parse("42").unwrap(), EventId(42));
+        assert_eq!(EventId::parse("0").unwrap(), EventId(0));
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            "1.0",
+            "abc",
+            " 1",
+            "99999999999999999999999",
+        ] {
+            assert!(EventId::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn tokens_are_url_safe_and_hidden() {
+        let t = ClientToken::mint();
+        assert_eq!(t.expose().len(), 40);
+        assert!(ClientToken::parse(t.expose()).is_ok());
+        assert_ne!(t, ClientToken::mint());
+        assert!(!format!("{t:?}").contains(t.expose()));
+        for bad in ["", "a b", "a;b", "a\nb", &"a".repeat(129)] {
+            assert!(ClientToken::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_ne!(t.id(), ClientToken::mint().id());
+    }
+
+    #[test]
+    fn client_msg_ids_are_bounded() {
+        assert!(ClientMsgId::parse("abc-123").is_ok());
+        assert!(ClientMsgId::parse(&"x".repeat(64)).is_ok());
+        assert!(ClientMsgId::parse(&"x".repeat(65)).is_err());
+        assert!(ClientMsgId::parse("").is_err());
+        assert!(ClientMsgId::parse("a\u{7}").is_err());
+    }
+}

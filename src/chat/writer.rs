@@ -1,0 +1,124 @@
+//! The single writer: every append goes through one thread, which
+//! commits in batches (group commit) and then publishes the new messages to
+//! the hub in commit order.
+//!
+//! One writer is what makes ids and delivery agree: ids are assigned in the
+//! order messages are committed, and the same thread broadcasts them in that
+//! order, so every subscriber sees strictly increasing ids with no gaps that
+//! later fill in. A message is broadcast only after it is durable, so an id
+//! a subscriber has seen is never lost or reused by a crash.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::hub::Hub;
+use crate::store::{Appended, NewMessage, Store, StoreError};
+
+/// The most messages committed in one transaction.
+const MAX_BATCH: usize = 512;
+/// Appends waiting for the writer; senders wait (asynchronously) beyond it.
+const QUEUE: usize = 8192;
+
+type Reply = oneshot::Sender<Result<Appended, StoreError>>;
+
+pub struct Writer {
+    tx: Mutex<Option<mpsc::Sender<(NewMessage, Reply)>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The writer has stopped (shutdown): nothing was stored.
+#[derive(Debug, thiserror::Error)]
+#[error("the writer has stopped")]
+pub struct WriterClosed;
+
+impl Writer {
+    pub fn start(store: Arc<dyn Store>, hub: Hub) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("ssechat-writer".into())
+            .spawn(move || run(store, hub, rx))
+            .expect("spawning the writer thread");
+        Writer {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        }
+    }
+
+    pub async fn append(
+        &self,
+        msg: NewMessage,
+    ) -> Result<Result<Appended, StoreError>, WriterClosed> {
+        let tx = self
+            .tx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or(WriterClosed)?;
+        let (reply, rx) = oneshot::channel();
+        tx.send((msg, reply)).await.map_err(|_| WriterClosed)?;
+        rx.await.map_err(|_| WriterClosed)
+    }
+
+    /// Stops taking appends, lets the queued ones commit, flushes, and waits
+    /// for the thread to end.
+    pub async fn close(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn run(store: Arc<dyn Store>, hub: Hub, mut rx: mpsc::Receiver<(NewMessage, Reply)>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut replies = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        let mut next = Some(first);
+        while let Some((msg, reply)) = next {
+            batch.push(msg);
+            replies.push(reply);
+            next = if batch.len() < MAX_BATCH {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        match store.append(&batch, now_ms()) {
+            Ok(outcomes) => {
+                let new: Vec<_> = outcomes
+                    .iter()
+                    .filter_map(|o| match o {
+                        Appended::New(m) => Some(m.clone()),
+                        Appended::Duplicate { .. } => None,
+                    })
+                    .collect();
+                hub.metrics().messages_total.inc_by(new.len() as u64);
+                hub.publish(new);
+                for (reply, outcome) in replies.drain(..).zip(outcomes) {
+                    let _ = reply.send(Ok(outcome));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, messages = batch.len(), "append failed; messages refused");
+                for reply in replies.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+        batch.clear();
+    }
+    if let Err(e) = store.flush() {
+        tracing::error!(error = %e, "flushing the store at shutdown failed");
+    }
+}

@@ -1,0 +1,92 @@
+//! Command-line flags, each also an environment variable.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// ssechat: a chat server. Receive over Server-Sent Events
+/// (`GET /chat/events`), send with plain HTTP POST (`POST /chat/messages`).
+///
+/// Every limit set to 0 is off.
+#[derive(Debug, Clone, Parser)]
+#[command(version, about, long_about = None, args_override_self = true)]
+pub struct Config {
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Port to listen on (0 picks a free one; the log says which).
+    #[arg(long, env = "PORT", default_value_t = 3000)]
+    pub port: u16,
+
+    /// SQLite database file for history, or `:memory:` to keep history in
+    /// memory only (lost on restart).
+    #[arg(long, env = "SSECHAT_DB", default_value = "./ssechat.db")]
+    pub db: String,
+
+    /// Messages kept per room (older ones are pruned).
+    #[arg(long, env = "SSECHAT_HISTORY", default_value_t = 1000)]
+    pub history: usize,
+
+    /// Redis URL for cluster mode (e.g. redis://127.0.0.1:6379/).
+    #[arg(long, env = "SSECHAT_REDIS")]
+    pub redis: Option<String>,
+
+    /// Seconds between keep-alive comments on idle SSE streams.
+    #[arg(long, env = "SSECHAT_KEEPALIVE", default_value_t = 15)]
+    pub keepalive: u64,
+
+    /// Largest POST body in bytes (413 above).
+    #[arg(long, env = "SSECHAT_MAX_BODY_BYTES", default_value_t = 65536)]
+    pub max_body_bytes: usize,
+
+    /// Longest message in characters (Unicode scalar values; 400 above).
+    #[arg(long, env = "SSECHAT_MAX_MESSAGE_CHARS", default_value_t = 2000)]
+    pub max_message_chars: usize,
+
+    /// Messages per second a client may post, sustained (429 above).
+    #[arg(long, env = "SSECHAT_POST_RATE", default_value_t = 5.0)]
+    pub post_rate: f64,
+
+    /// Messages a client may post in a burst before the rate applies.
+    #[arg(long, env = "SSECHAT_POST_BURST", default_value_t = 20)]
+    pub post_burst: u32,
+
+    /// Open SSE streams in total (503 above).
+    #[arg(long, env = "SSECHAT_MAX_STREAMS", default_value_t = 20000)]
+    pub max_streams: usize,
+
+    /// Open SSE streams per client IP address (429 above).
+    #[arg(long, env = "SSECHAT_MAX_STREAMS_PER_IP", default_value_t = 256)]
+    pub max_streams_per_ip: usize,
+
+    /// Long-polls waiting at once (503 above).
+    #[arg(long, env = "SSECHAT_MAX_LONG_POLLS", default_value_t = 5000)]
+    pub max_long_polls: usize,
+
+    /// Events a stream may fall behind before it is disconnected (it then
+    /// catches up by reconnecting with Last-Event-ID).
+    #[arg(long, env = "SSECHAT_STREAM_BUFFER", default_value_t = 1024)]
+    pub stream_buffer: usize,
+
+    /// Seconds a graceful shutdown may take before remaining connections are cut.
+    #[arg(long, env = "SSECHAT_SHUTDOWN_TIMEOUT", default_value_t = 5)]
+    pub shutdown_timeout: u64,
+
+    /// Milliseconds browsers wait before reconnecting (the SSE `retry:` hint).
+    #[arg(long, env = "SSECHAT_RETRY_MS", default_value_t = 2000)]
+    pub retry_ms: u64,
+}
+
+impl Config {
+    /// Defaults, as if started with no flags and no environment.
+    pub fn defaults() -> Self {
+        Config::parse_from(["ssechat"])
+    }
+
+    /// The database path, or `None` for the in-memory store.
+    pub fn db_path(&self) -> Option<PathBuf> {
+        (self.db != ":memory:").then(|| PathBuf::from(&self.db))
+    }
+}

@@ -1,0 +1,149 @@
+//! `GET /chat/events`: the SSE stream.
+
+use std::net::SocketAddr;
+
+use warp::http::{header, HeaderValue};
+use warp::reply::Response;
+use warp::Reply;
+
+use super::error::ApiError;
+use super::form::Fields;
+use super::{identity, AppState, Ctx};
+use crate::chat::message::{self, Format};
+use crate::chat::subscriber::EventStream;
+use crate::chat::types::{DisplayName, EventId, RoomName};
+use crate::limits::Refused;
+use crate::sse;
+
+pub async fn events(state: AppState, ctx: Ctx) -> Response {
+    match open(&state, ctx).await {
+        Ok(res) => res,
+        Err(e) => e.respond(state.chat.hub.metrics()),
+    }
+}
+
+/// Parses `Last-Event-ID`: absent or empty means none.
+fn last_event_id(ctx: &Ctx) -> Result<Option<EventId>, ApiError> {
+    let Some(v) = ctx.headers.get("last-event-id") else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("malformed Last-Event-ID header".into()))?
+        .trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    EventId::parse(s)
+        .map(Some)
+        .map_err(|e| ApiError::BadRequest(format!("Last-Event-ID: {e}")))
+}
+
+/// Logs the disconnect when the stream is dropped, whatever ended it.
+struct DisconnectLog {
+    room: RoomName,
+    name: DisplayName,
+    peer: Option<SocketAddr>,
+}
+
+impl Drop for DisconnectLog {
+    fn drop(&mut self) {
+        tracing::info!(room = %self.room, name = %self.name, peer = ?self.peer, "disconnect");
+    }
+}
+
+async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
+    let mut q = Fields::parse(ctx.query.as_bytes())?;
+    let room = RoomName::parse_or_default(q.take("room")?.as_deref())?;
+    let since = q
+        .take("since")?
+        .filter(|s| !s.is_empty())
+        .map(|s| EventId::parse(&s).map_err(|e| ApiError::BadRequest(format!("since: {e}"))))
+        .transpose()?;
+    let format = match q.take("format")?.as_deref() {
+        None | Some("json") => Format::Json,
+        Some("text") => Format::Text,
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "format must be 'json' or 'text'".into(),
+            ))
+        }
+    };
+    let name = q
+        .take("name")?
+        .map(|n| DisplayName::parse(&n))
+        .transpose()?;
+    let client_q = q.take("client")?;
+    // The header wins over `since`: it is what a reconnecting browser knows.
+    let since = last_event_id(&ctx)?.or(since);
+    let who = identity::resolve(&ctx.headers, client_q.as_deref())?;
+
+    let chat = &state.chat;
+    let hub = &chat.hub;
+    if hub.is_shutting_down() {
+        return Err(ApiError::ShuttingDown);
+    }
+    let permit = state
+        .limits
+        .acquire_stream(ctx.peer.map(|p| p.ip()))
+        .map_err(|r| match r {
+            Refused::TooManyStreamsFromIp => ApiError::TooManyStreamsFromIp(
+                "too many open streams from your address; close some and retry".into(),
+            ),
+            _ => ApiError::ServerFull("the server has too many open streams; retry later".into()),
+        })?;
+
+    let client = who.token.id();
+    if let Some(n) = &name {
+        hub.set_name(client, n);
+    }
+    let name = hub.name_of(client);
+    // Subscribe before reading history: a message stored meanwhile is then
+    // in both, and the stream skips ids that replay already sent.
+    let sub = hub
+        .open_stream(&room, client, &name)
+        .map_err(|_| ApiError::ShuttingDown)?;
+    let replay = match since {
+        Some(after) => chat.after(&room, Some(after), usize::MAX).await?,
+        None => Vec::new(),
+    };
+    let minted = who.minted.then(|| who.token.expose());
+    let mut prelude = Vec::with_capacity(replay.len() + 2);
+    prelude.push(sse::retry(state.config.retry_ms));
+    prelude.push(message::hello_frame(&room, &name, sub.online, minted));
+    for m in &replay {
+        prelude.push(m.frame(format, m.sender == client));
+    }
+    let last_id = replay.last().map(|m| m.id).max(since);
+    tracing::info!(
+        room = %room, name = %name, online = sub.online, replayed = replay.len(),
+        peer = ?ctx.peer, "connect"
+    );
+    let log = DisconnectLog {
+        room: room.clone(),
+        name: name.clone(),
+        peer: ctx.peer,
+    };
+    let body = EventStream::new(
+        sub,
+        prelude,
+        client,
+        format,
+        last_id,
+        state.config.retry_ms,
+        hub.metrics().clone(),
+        Box::new((permit, log)),
+    );
+    let mut res = warp::reply::stream(body).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if who.minted {
+        h.insert(header::SET_COOKIE, identity::set_cookie(&who.token));
+    }
+    Ok(res)
+}

@@ -1,0 +1,427 @@
+//! `POST /chat/messages` (send) and `GET /chat/messages` (history and
+//! long-poll).
+
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
+use warp::reply::Response;
+
+use super::error::ApiError;
+use super::form::Fields;
+use super::{identity, json_response, AppState, Ctx};
+use crate::chat::message::{Event, MessageJson};
+use crate::chat::types::{ClientMsgId, DisplayName, EventId, MessageText, RoomName};
+use crate::limits::Refused;
+use crate::store::{Appended, NewMessage};
+
+/// The fields of a POST, whatever the body's content type.
+#[derive(Debug, Default, Deserialize)]
+struct PostFields {
+    text: Option<String>,
+    room: Option<String>,
+    name: Option<String>,
+    client_msg_id: Option<String>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyKind {
+    Form,
+    Json,
+    Text,
+}
+
+fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        "application/x-www-form-urlencoded" => Ok(BodyKind::Form),
+        "application/json" => Ok(BodyKind::Json),
+        "text/plain" => Ok(BodyKind::Text),
+        _ => Err(ApiError::UnsupportedMediaType),
+    }
+}
+
+/// Reads the body up to `limit` bytes (0 = no limit), whether or not it
+/// declares a `Content-Length`: a chunked body is cut off at the limit too.
+async fn read_body<S, B>(headers: &HeaderMap, body: S, limit: usize) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    if limit > 0 {
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+    }
+    let mut body = body;
+    let mut buf = Vec::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk =
+            chunk.map_err(|_| ApiError::BadRequest("the request body could not be read".into()))?;
+        if limit > 0 && buf.len() + chunk.remaining() > limit {
+            return Err(ApiError::PayloadTooLarge(limit));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            buf.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+fn parse_fields(kind: BodyKind, body: &[u8], query: &str) -> Result<PostFields, ApiError> {
+    match kind {
+        BodyKind::Form => {
+            let mut f = Fields::parse(body)?;
+            Ok(PostFields {
+                text: f.take("text")?,
+                room: f.take("room")?,
+                name: f.take("name")?,
+                client_msg_id: f.take("client_msg_id")?,
+            })
+        }
+        BodyKind::Json => {
+            let s = std::str::from_utf8(body)
+                .map_err(|_| ApiError::BadRequest("invalid UTF-8 in JSON body".into()))?;
+            serde_json::from_str::<PostFields>(s)
+                .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+        }
+        BodyKind::Text => {
+            let text = String::from_utf8(body.to_vec())
+                .map_err(|_| ApiError::BadRequest("invalid UTF-8 in text body".into()))?;
+            let mut q = Fields::parse(query.as_bytes())?;
+            Ok(PostFields {
+                text: Some(text),
+                room: q.take("room")?,
+                name: q.take("name")?,
+                client_msg_id: q.take("client_msg_id")?,
+            })
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Posted<'a> {
+    id: String,
+    room: &'a RoomName,
+}
+
+/// Whether the client asked for HTML (a browser's form submit).
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.to_ascii_lowercase().contains("text/html"))
+}
+
+/// Refuses a browser POST made from another site (CSRF): `Sec-Fetch-Site:
+/// cross-site`, or an `Origin` whose host is not the one the request was
+/// sent to. Ports are not compared (cookies are not isolated by port
+/// either, and a reverse proxy on another port is the same site). Scripts
+/// send no `Origin` and are not affected.
+fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if get("sec-fetch-site") == Some("cross-site") {
+        return Err(ApiError::ForbiddenOrigin);
+    }
+    let Some(origin) = get("origin") else {
+        return Ok(());
+    };
+    let host_of = |authority: &str| -> String {
+        let a = authority.trim().to_ascii_lowercase();
+        match a.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or("").to_owned(),
+            None => a.split(':').next().unwrap_or("").to_owned(),
+        }
+    };
+    let origin_host = match origin.split_once("://") {
+        Some((_, rest)) => host_of(rest.split('/').next().unwrap_or("")),
+        None => return Err(ApiError::ForbiddenOrigin), // "null" or garbage
+    };
+    let ok = ["x-forwarded-host", "host"]
+        .iter()
+        .filter_map(|h| get(h))
+        .flat_map(|v| v.split(','))
+        .any(|authority| host_of(authority) == origin_host);
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::ForbiddenOrigin)
+    }
+}
+
+pub async fn post<S, B>(state: AppState, ctx: Ctx, body: S) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let started = Instant::now();
+    let metrics = state.chat.hub.metrics().clone();
+    let res = match handle_post(&state, &ctx, body).await {
+        Ok(res) => res,
+        Err(e) => {
+            tracing::debug!(error = %e, peer = ?ctx.peer, "POST refused");
+            e.respond(&metrics)
+        }
+    };
+    metrics
+        .post_latency_seconds
+        .observe(started.elapsed().as_secs_f64());
+    res
+}
+
+async fn handle_post<S, B>(state: &AppState, ctx: &Ctx, body: S) -> Result<Response, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    if state.chat.hub.is_shutting_down() {
+        return Err(ApiError::ShuttingDown);
+    }
+    check_origin(&ctx.headers)?;
+    let kind = body_kind(&ctx.headers)?;
+    let body = read_body(&ctx.headers, body, state.config.max_body_bytes).await?;
+    let f = parse_fields(kind, &body, &ctx.query)?;
+    let text = f
+        .text
+        .ok_or_else(|| ApiError::BadRequest("text is required".into()))?;
+    let text = MessageText::parse(text, state.config.max_message_chars)?;
+    let room = RoomName::parse_or_default(f.room.as_deref())?;
+    let name = f.name.as_deref().map(DisplayName::parse).transpose()?;
+    let client_msg_id = f
+        .client_msg_id
+        .as_deref()
+        .map(ClientMsgId::parse)
+        .transpose()?;
+    let client_q = Fields::parse(ctx.query.as_bytes())?.take("client")?;
+    let who = identity::resolve(&ctx.headers, client_q.as_deref())?;
+    let sender = who.token.id();
+
+    state.limits.check_post(sender).map_err(|r| match r {
+        Refused::Rate { retry_after } => ApiError::RateLimited { retry_after },
+        _ => unreachable!("check_post only refuses on rate"),
+    })?;
+
+    let hub = &state.chat.hub;
+    if let Some(n) = &name {
+        hub.set_name(sender, n);
+    }
+    let name = name.unwrap_or_else(|| hub.name_of(sender));
+    let chars = text.as_str().chars().count();
+    let outcome = state
+        .chat
+        .post(NewMessage {
+            room: room.clone(),
+            name: name.clone(),
+            text: text.into_string(),
+            sender,
+            client_msg_id,
+        })
+        .await?;
+    let (status, id, room) = match outcome {
+        Appended::New(m) => {
+            tracing::info!(room = %m.room, id = %m.id, name = %name, chars, "message");
+            (StatusCode::CREATED, m.id, m.room)
+        }
+        Appended::Duplicate { id, room } => {
+            tracing::info!(room = %room, id = %id, name = %name, "duplicate message ignored (client_msg_id)");
+            (StatusCode::OK, id, room)
+        }
+    };
+    let mut res = if kind == BodyKind::Form && wants_html(&ctx.headers) {
+        let mut res = Response::new(Default::default());
+        *res.status_mut() = StatusCode::SEE_OTHER;
+        res.headers_mut().insert(
+            header::LOCATION,
+            HeaderValue::from_str(&format!("/chat?room={room}")).expect("room names are URL-safe"),
+        );
+        res
+    } else {
+        json_response(
+            status,
+            &Posted {
+                id: id.to_string(),
+                room: &room,
+            },
+        )
+    };
+    if who.minted {
+        res.headers_mut()
+            .insert(header::SET_COOKIE, identity::set_cookie(&who.token));
+    }
+    Ok(res)
+}
+
+#[derive(Serialize)]
+struct History<'a> {
+    room: &'a RoomName,
+    messages: Vec<MessageJson<'a>>,
+    last_id: Option<String>,
+}
+
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 500;
+const MAX_WAIT_SECS: f64 = 30.0;
+
+pub async fn history(state: AppState, ctx: Ctx) -> Response {
+    match handle_history(&state, &ctx).await {
+        Ok(res) => res,
+        Err(e) => e.respond(state.chat.hub.metrics()),
+    }
+}
+
+async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiError> {
+    let mut q = Fields::parse(ctx.query.as_bytes())?;
+    let room = RoomName::parse_or_default(q.take("room")?.as_deref())?;
+    let since = q
+        .take("since")?
+        .filter(|s| !s.is_empty())
+        .map(|s| EventId::parse(&s).map_err(|e| ApiError::BadRequest(format!("since: {e}"))))
+        .transpose()?;
+    let limit = match q.take("limit")? {
+        None => DEFAULT_LIMIT,
+        Some(s) => s
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_LIMIT).contains(n))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("limit must be a number from 1 to {MAX_LIMIT}"))
+            })?,
+    };
+    let wait = match q.take("wait")? {
+        None => 0.0,
+        Some(s) => s
+            .parse::<f64>()
+            .ok()
+            .filter(|w| (0.0..=MAX_WAIT_SECS).contains(w))
+            .ok_or_else(|| {
+                ApiError::BadRequest("wait must be a number of seconds from 0 to 30".into())
+            })?,
+    };
+    let client_q = q.take("client")?;
+    let viewer = identity::presented(&ctx.headers, client_q.as_deref())?.map(|(t, _)| t.id());
+
+    let chat = &state.chat;
+    let fetch = || async {
+        match since {
+            Some(after) => chat.after(&room, Some(after), limit).await,
+            None => chat.latest(&room, limit).await,
+        }
+    };
+    let mut messages = if wait > 0.0 {
+        // Watch before reading, so a message stored in between wakes us.
+        let mut sub = chat.hub.watch(&room).map_err(|_| ApiError::ShuttingDown)?;
+        let messages = fetch().await?;
+        if messages.is_empty() {
+            let _permit = state.limits.acquire_long_poll().map_err(|_| {
+                ApiError::ServerFull("too many long-polls waiting; retry later".into())
+            })?;
+            let metrics = chat.hub.metrics();
+            metrics.long_polls.inc();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
+            let woke = loop {
+                match tokio::time::timeout_at(deadline, sub.rx.recv()).await {
+                    Err(_) => break false,
+                    Ok(Ok(ev)) => match &*ev {
+                        Event::Message(_) => break true,
+                        Event::Shutdown => break false,
+                        _ => continue,
+                    },
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => break true,
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => break false,
+                }
+            };
+            metrics.long_polls.dec();
+            if woke {
+                fetch().await?
+            } else {
+                messages
+            }
+        } else {
+            messages
+        }
+    } else {
+        fetch().await?
+    };
+    let last_id = match messages.last() {
+        Some(m) => Some(m.id),
+        None => match since {
+            Some(s) => Some(s),
+            None => chat.last_id(&room).await?,
+        },
+    };
+    messages.truncate(limit);
+    let body = History {
+        room: &room,
+        messages: messages
+            .iter()
+            .map(|m| m.to_json(viewer == Some(m.sender)))
+            .collect(),
+        last_id: last_id.map(|id| id.to_string()),
+    };
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn same_host_origins_pass_foreign_ones_do_not() {
+        assert!(check_origin(&headers(&[("host", "127.0.0.1:3000")])).is_ok());
+        assert!(check_origin(&headers(&[
+            ("host", "127.0.0.1:3000"),
+            ("origin", "http://127.0.0.1:8080")
+        ]))
+        .is_ok());
+        assert!(check_origin(&headers(&[
+            ("host", "[::1]:3000"),
+            ("origin", "http://[::1]:3000")
+        ]))
+        .is_ok());
+        assert!(check_origin(&headers(&[
+            ("host", "chat.example:3000"),
+            ("origin", "https://evil.example")
+        ]))
+        .is_err());
+        assert!(check_origin(&headers(&[("host", "a"), ("origin", "null")])).is_err());
+        assert!(
+            check_origin(&headers(&[("host", "a"), ("sec-fetch-site", "cross-site")])).is_err()
+        );
+    }
+
+    #[test]
+    fn content_types_are_matched_by_essence() {
+        let kind = |ct: &str| body_kind(&headers(&[("content-type", ct)])).ok();
+        assert!(kind("application/json; charset=utf-8") == Some(BodyKind::Json));
+        assert!(kind("Application/X-WWW-Form-Urlencoded") == Some(BodyKind::Form));
+        assert!(kind("text/plain;charset=UTF-8") == Some(BodyKind::Text));
+        assert!(kind("multipart/form-data").is_none());
+        assert!(body_kind(&HeaderMap::new()).is_err());
+    }
+}

@@ -1,0 +1,146 @@
+//! The warp layer: one module per resource, composed here with `.or()`,
+//! one `recover` at the top.
+
+pub mod assets;
+pub mod error;
+pub mod events;
+pub mod form;
+pub mod identity;
+pub mod messages;
+pub mod ops;
+pub mod pages;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use warp::http::HeaderMap;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use self::error::ApiError;
+use crate::chat::Chat;
+use crate::config::Config;
+use crate::limits::Limits;
+
+/// Everything a handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub chat: Chat,
+    pub config: Arc<Config>,
+    pub limits: Arc<Limits>,
+}
+
+/// The peer's address, put into each request's extensions by the server loop.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The parts of a request most handlers read.
+pub struct Ctx {
+    pub headers: HeaderMap,
+    pub query: String,
+    pub peer: Option<SocketAddr>,
+}
+
+fn ctx() -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
+    warp::header::headers_cloned()
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::ext::optional::<PeerAddr>())
+        .map(|headers, query, peer: Option<PeerAddr>| Ctx {
+            headers,
+            query,
+            peer: peer.map(|p| p.0),
+        })
+}
+
+fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// All routes.
+pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let s = with_state(state.clone());
+    let index = warp::path::end()
+        .and(warp::get())
+        .and(s.clone())
+        .and(ctx())
+        .then(pages::index);
+    let chat_page = warp::path!("chat")
+        .and(warp::get())
+        .and(s.clone())
+        .and(ctx())
+        .then(pages::chat);
+    let post = warp::path!("chat" / "messages")
+        .and(warp::post())
+        .and(s.clone())
+        .and(ctx())
+        .and(warp::body::stream())
+        .then(messages::post);
+    let history = warp::path!("chat" / "messages")
+        .and(warp::get())
+        .and(s.clone())
+        .and(ctx())
+        .then(messages::history);
+    let events = warp::path!("chat" / "events")
+        .and(warp::get())
+        .and(s.clone())
+        .and(ctx())
+        .then(events::events);
+    let healthz = warp::path!("healthz")
+        .and(warp::get())
+        .and(s.clone())
+        .map(ops::healthz);
+    let metrics = warp::path!("metrics")
+        .and(warp::get())
+        .and(s.clone())
+        .map(ops::metrics);
+    let assets = warp::path!("static" / String)
+        .and(warp::get())
+        .and(warp::header::headers_cloned())
+        .map(assets::serve);
+
+    index
+        .or(chat_page)
+        .unify()
+        .or(post)
+        .unify()
+        .or(history)
+        .unify()
+        .or(events)
+        .unify()
+        .or(healthz)
+        .unify()
+        .or(metrics)
+        .unify()
+        .or(assets)
+        .unify()
+        .recover(move |r| recover(r, state.clone()))
+        .unify()
+}
+
+/// Unmatched routes and warp's own rejections, as JSON errors.
+async fn recover(r: Rejection, state: AppState) -> Result<Response, Infallible> {
+    let m = &state.chat.hub.metrics();
+    let err = if r.is_not_found() {
+        ApiError::NotFound
+    } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed
+    } else {
+        tracing::debug!(rejection = ?r, "request rejected");
+        ApiError::BadRequest("malformed request".into())
+    };
+    Ok(err.respond(m))
+}
+
+pub(crate) fn json_response<T: serde::Serialize>(
+    status: warp::http::StatusCode,
+    body: &T,
+) -> Response {
+    let mut res = warp::reply::json(body).into_response();
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        warp::http::header::CACHE_CONTROL,
+        warp::http::HeaderValue::from_static("no-store"),
+    );
+    res
+}

@@ -1,0 +1,28 @@
+//! ssechat: a chat server. Clients receive over Server-Sent Events and send
+//! with plain HTTP POST.
+//!
+//! Map of the crate:
+//! - [`config`]: flags and environment variables (clap).
+//! - [`startup`]: `Application`: binds, wires, serves, shuts down.
+//! - [`chat`]: the domain, no HTTP: validated types, messages and their
+//!   pre-encoded frames, the live [`chat::hub::Hub`] (rooms, broadcast
+//!   channels, presence), the single writer, and the per-stream subscriber.
+//! - [`store`]: history behind a narrow trait: memory and SQLite.
+//! - [`http`]: the warp layer: pages, messages (POST, history, long-poll),
+//!   events (SSE), identity, assets, ops, errors.
+//! - [`sse`]: the SSE encoder and an EventSource-rules parser.
+//! - [`limits`]: rate limits and connection caps.
+//! - [`metrics`]: Prometheus counters.
+//! - [`telemetry`]: logging setup.
+
+#![forbid(unsafe_code)]
+
+pub mod chat;
+pub mod config;
+pub mod http;
+pub mod limits;
+pub mod metrics;
+pub mod sse;
+pub mod startup;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,353 @@
+//! Server-Sent Events on the wire: an encoder that is exact and cannot be
+//! forged, and a parser that follows the WHATWG EventSource rules (used by
+//! the tests, the load generator and the fuzz/property tests to check the
+//! encoder against what a browser would see).
+//!
+//! The EventSource format ends a line at CR, LF or CRLF and ends an event at
+//! an empty line. So the only way user content could split or forge events is
+//! through those characters; the encoder writes every line break inside
+//! `data` as a new `data:` line (which a parser joins back with LF) and keeps
+//! single-line fields (`event`, `id`, comments) free of CR, LF and NUL.
+
+use bytes::Bytes;
+
+/// Builds one SSE event. Fields are written in the order they are added.
+#[derive(Debug, Default)]
+pub struct Frame {
+    buf: Vec<u8>,
+}
+
+impl Frame {
+    pub fn new() -> Self {
+        Frame {
+            buf: Vec::with_capacity(128),
+        }
+    }
+
+    /// `event: NAME`. CR, LF and NUL are dropped: they cannot be represented.
+    pub fn event(mut self, name: &str) -> Self {
+        self.single_line_field(b"event: ", name);
+        self
+    }
+
+    /// `id: ID`. CR, LF and NUL are dropped (a NUL makes browsers ignore the id).
+    pub fn id(mut self, id: &str) -> Self {
+        self.single_line_field(b"id: ", id);
+        self
+    }
+
+    /// `data: ...`, one line per line of `data` (CR, LF and CRLF all break a
+    /// line), so the parser reassembles `data` with every break as LF.
+    pub fn data(mut self, data: &str) -> Self {
+        for line in split_lines(data) {
+            self.buf.extend_from_slice(b"data: ");
+            self.buf.extend_from_slice(line.as_bytes());
+            self.buf.push(b'\n');
+        }
+        self
+    }
+
+    /// Ends the event (the empty line) and returns its bytes.
+    pub fn finish(mut self) -> Bytes {
+        self.buf.push(b'\n');
+        Bytes::from(self.buf)
+    }
+
+    fn single_line_field(&mut self, prefix: &[u8], value: &str) {
+        self.buf.extend_from_slice(prefix);
+        self.buf.extend(
+            value
+                .bytes()
+                .filter(|b| !matches!(b, b'\r' | b'\n' | b'\0')),
+        );
+        self.buf.push(b'\n');
+    }
+}
+
+/// A comment block (`: text`), ignored by EventSource; keeps proxies from
+/// timing out an idle stream and tells a human with `curl -N` what happens.
+pub fn comment(text: &str) -> Bytes {
+    let mut buf = Vec::with_capacity(text.len() + 4);
+    for line in split_lines(text) {
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+    }
+    buf.push(b'\n');
+    Bytes::from(buf)
+}
+
+/// `retry: MS`: how long the browser waits before reconnecting.
+pub fn retry(ms: u64) -> Bytes {
+    Bytes::from(format!("retry: {ms}\n\n"))
+}
+
+/// Splits at CRLF, CR or LF, the way EventSource does. An empty string is
+/// one empty line, so `data("")` still carries an (empty) data field.
+fn split_lines(s: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(s);
+    std::iter::from_fn(move || {
+        let s = rest?;
+        match s.find(['\r', '\n']) {
+            None => {
+                rest = None;
+                Some(s)
+            }
+            Some(i) => {
+                let skip = if s[i..].starts_with("\r\n") { 2 } else { 1 };
+                rest = Some(&s[i + skip..]);
+                Some(&s[..i])
+            }
+        }
+    })
+}
+
+/// Normalises line breaks to LF, as the text format promises.
+pub fn normalize_newlines(s: &str) -> String {
+    split_lines(s).collect::<Vec<_>>().join("\n")
+}
+
+/// One event as an EventSource would dispatch it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedEvent {
+    /// The event type (`message` when the stream gave none).
+    pub event: String,
+    pub data: String,
+    /// The last event id in force when the event was dispatched.
+    pub last_event_id: String,
+    /// Whether this event block carried an `id:` field itself.
+    pub has_id: bool,
+}
+
+/// Anything the parser reports, in stream order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Event(ParsedEvent),
+    Comment(String),
+    Retry(u64),
+}
+
+/// An incremental parser following the WHATWG "interpreting an event stream"
+/// algorithm. Feed it bytes in chunks of any size.
+#[derive(Debug, Default)]
+pub struct Parser {
+    pending: Vec<u8>,
+    started: bool,
+    /// The previous chunk ended in CR: a LF at the start of the next is its pair.
+    after_cr: bool,
+    event: String,
+    data: String,
+    has_data: bool,
+    last_event_id: String,
+    has_id: bool,
+}
+
+impl Parser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds bytes and returns what they complete.
+    pub fn feed(&mut self, mut chunk: &[u8]) -> Vec<Item> {
+        let mut out = Vec::new();
+        if self.after_cr {
+            self.after_cr = false;
+            if chunk.first() == Some(&b'\n') {
+                chunk = &chunk[1..];
+            }
+        }
+        self.pending.extend_from_slice(chunk);
+        let mut start = 0;
+        let mut i = 0;
+        while i < self.pending.len() {
+            match self.pending[i] {
+                b'\n' | b'\r' => {
+                    let line = self.pending[start..i].to_vec();
+                    let mut next = i + 1;
+                    if self.pending[i] == b'\r' {
+                        if next < self.pending.len() {
+                            if self.pending[next] == b'\n' {
+                                next += 1;
+                            }
+                        } else {
+                            self.after_cr = true;
+                        }
+                    }
+                    self.line(&line, &mut out);
+                    start = next;
+                    i = next;
+                }
+                _ => i += 1,
+            }
+        }
+        self.pending.drain(..start);
+        out
+    }
+
+    fn line(&mut self, raw: &[u8], out: &mut Vec<Item>) {
+        let mut line = String::from_utf8_lossy(raw).into_owned();
+        if !self.started {
+            self.started = true;
+            if let Some(rest) = line.strip_prefix('\u{feff}') {
+                line = rest.to_owned();
+            }
+        }
+        if line.is_empty() {
+            self.dispatch(out);
+            return;
+        }
+        if let Some(comment) = line.strip_prefix(':') {
+            out.push(Item::Comment(
+                comment.strip_prefix(' ').unwrap_or(comment).to_owned(),
+            ));
+            return;
+        }
+        let (field, value) = match line.find(':') {
+            Some(i) => {
+                let v = &line[i + 1..];
+                (&line[..i], v.strip_prefix(' ').unwrap_or(v))
+            }
+            None => (line.as_str(), ""),
+        };
+        match field {
+            "event" => self.event = value.to_owned(),
+            "data" => {
+                self.data.push_str(value);
+                self.data.push('\n');
+                self.has_data = true;
+            }
+            "id" if !value.contains('\0') => {
+                self.last_event_id = value.to_owned();
+                self.has_id = true;
+            }
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                if let Ok(ms) = value.parse() {
+                    out.push(Item::Retry(ms));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self, out: &mut Vec<Item>) {
+        let event = std::mem::take(&mut self.event);
+        let mut data = std::mem::take(&mut self.data);
+        let has_id = std::mem::replace(&mut self.has_id, false);
+        if !std::mem::replace(&mut self.has_data, false) {
+            return;
+        }
+        data.pop(); // the trailing LF
+        out.push(Item::Event(ParsedEvent {
+            event: if event.is_empty() {
+                "message".to_owned()
+            } else {
+                event
+            },
+            data,
+            last_event_id: self.last_event_id.clone(),
+            has_id,
+        }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_all(bytes: &[u8]) -> Vec<Item> {
+        Parser::new().feed(bytes)
+    }
+
+    fn one_event(bytes: &[u8]) -> ParsedEvent {
+        let items = parse_all(bytes);
+        assert_eq!(items.len(), 1, "expected one event, got {items:?}");
+        match items.into_iter().next().unwrap() {
+            Item::Event(e) => e,
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn encodes_the_exact_bytes() {
+        let f = Frame::new().event("message").id("7").data("hi").finish();
+        assert_eq!(&f[..], b"event: message\nid: 7\ndata: hi\n\n");
+        assert_eq!(&comment("keep-alive")[..], b": keep-alive\n\n");
+        assert_eq!(&retry(2000)[..], b"retry: 2000\n\n");
+    }
+
+    #[test]
+    fn every_line_break_becomes_a_data_line() {
+        let f = Frame::new().data("a\nb\rc\r\nd").finish();
+        assert_eq!(&f[..], b"data: a\ndata: b\ndata: c\ndata: d\n\n");
+        let e = one_event(&f);
+        assert_eq!(e.data, "a\nb\nc\nd");
+    }
+
+    #[test]
+    fn empty_and_trailing_lines_survive() {
+        for text in ["", "\n", "a\n", "\n\n", "a\n\nb", " lead", "  two", "x\r\n"] {
+            let e = one_event(&Frame::new().data(text).finish());
+            assert_eq!(e.data, normalize_newlines(text), "for {text:?}");
+        }
+    }
+
+    #[test]
+    fn content_cannot_forge_events() {
+        let evil = "x\n\nevent: join\nid: 999\ndata: forged\n\nretry: 1\n: c";
+        let bytes = Frame::new().event("message").id("1").data(evil).finish();
+        let e = one_event(&bytes);
+        assert_eq!(e.event, "message");
+        assert_eq!(e.last_event_id, "1");
+        assert_eq!(e.data, evil);
+    }
+
+    #[test]
+    fn single_line_fields_drop_breaks_and_nul() {
+        let f = Frame::new().event("a\nb").id("1\r2\0").data("d").finish();
+        assert_eq!(&f[..], b"event: ab\nid: 12\ndata: d\n\n");
+        assert_eq!(&comment("a\nb")[..], b": a\n: b\n\n");
+    }
+
+    #[test]
+    fn control_characters_pass_through_data() {
+        let text: String = (0u32..0x20)
+            .chain([0x7f, 0x85, 0x2028, 0x2029, 0xfeff])
+            .filter_map(char::from_u32)
+            .filter(|c| *c != '\r' && *c != '\n')
+            .collect();
+        let e = one_event(&Frame::new().data(&text).finish());
+        assert_eq!(e.data, text);
+    }
+
+    #[test]
+    fn parser_handles_any_chunking() {
+        let stream = b"retry: 10\n\n: hi\r\nevent: a\r\ndata: 1\r\rid: 5\ndata: 2\n\n";
+        let whole = parse_all(stream);
+        for split in 0..stream.len() {
+            let mut p = Parser::new();
+            let mut items = p.feed(&stream[..split]);
+            items.extend(p.feed(&stream[split..]));
+            assert_eq!(items, whole, "split at {split}");
+        }
+        assert_eq!(whole.len(), 4, "{whole:?}");
+    }
+
+    #[test]
+    fn parser_follows_the_whatwg_rules() {
+        // BOM stripped, no-space values, unknown fields ignored, id persists.
+        let items = parse_all(b"\xEF\xBB\xBFid:3\nfoo: x\ndata:a\n\ndata: b\n\n");
+        let events: Vec<_> = items
+            .into_iter()
+            .filter_map(|i| match i {
+                Item::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(events[0].data, "a");
+        assert_eq!(events[0].last_event_id, "3");
+        assert_eq!(events[1].last_event_id, "3");
+        assert!(!events[1].has_id);
+        // An event without data is not dispatched.
+        assert!(parse_all(b"event: x\n\n").is_empty());
+    }
+}

@@ -1,0 +1,202 @@
+//! `Application`: binds its own listener (so tests can use port 0 and learn
+//! the real port), wires store + hub + routes, serves connections with
+//! hyper, and shuts down gracefully.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_service::Service;
+
+use crate::chat::hub::Hub;
+use crate::chat::Chat;
+use crate::config::Config;
+use crate::http::{routes, AppState, PeerAddr};
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::store::memory::MemoryStore;
+use crate::store::sqlite::SqliteStore;
+use crate::store::Store;
+
+/// Why the server could not start. Each says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Store(String),
+    #[error("{0}")]
+    Config(String),
+}
+
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        if config.redis.is_some() {
+            return Err(StartupError::Config(
+                "cluster mode (--redis) is not available in this build yet; run without --redis"
+                    .into(),
+            ));
+        }
+        if !(config.post_rate >= 0.0 && config.post_rate.is_finite()) {
+            return Err(StartupError::Config(
+                "--post-rate must be a number >= 0".into(),
+            ));
+        }
+        let metrics = Arc::new(Metrics::default());
+        let hub = Hub::new(config.stream_buffer, metrics);
+        let store: Arc<dyn Store> = match config.db_path() {
+            None => Arc::new(MemoryStore::new(config.history)),
+            Some(path) => {
+                Arc::new(SqliteStore::open(&path).map_err(|e| StartupError::Store(e.to_string()))?)
+            }
+        };
+        let chat = Chat::new(hub, store);
+        let addr = SocketAddr::new(config.host, config.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let limits = Arc::new(Limits::new(
+            config.post_rate,
+            config.post_burst,
+            config.max_streams,
+            config.max_streams_per_ip,
+            config.max_long_polls,
+        ));
+        Ok(Application {
+            listener,
+            addr,
+            state: AppState {
+                chat,
+                config: Arc::new(config),
+                limits,
+            },
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The chat core, for tests that want to look inside.
+    pub fn chat(&self) -> Chat {
+        self.state.chat.clone()
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully: stop
+    /// accepting, end every stream and long-poll, let in-flight requests
+    /// finish (up to `--shutdown-timeout`), flush storage.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) {
+        let Application {
+            listener,
+            addr,
+            state,
+        } = self;
+        let config = state.config.clone();
+        let chat = state.chat.clone();
+        let cancel = CancellationToken::new();
+        let tracker = TaskTracker::new();
+
+        tracker.spawn(background(chat.clone(), config.clone(), cancel.clone()));
+
+        let svc = warp::service(routes(state));
+        let mut shutdown = std::pin::pin!(shutdown);
+        tracing::info!(%addr, db = %config.db, "listening on http://{addr}/");
+        loop {
+            let (stream, peer) = tokio::select! {
+                () = &mut shutdown => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::error!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let svc = svc.clone();
+            let cancel = cancel.clone();
+            tracker.spawn(async move {
+                let service =
+                    hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                        req.extensions_mut().insert(PeerAddr(peer));
+                        svc.clone().call(req)
+                    });
+                let conn = http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30))
+                    .serve_connection(TokioIo::new(stream), service);
+                let mut conn = std::pin::pin!(conn);
+                tokio::select! {
+                    _ = conn.as_mut() => {}
+                    () = cancel.cancelled() => {
+                        conn.as_mut().graceful_shutdown();
+                        let _ = conn.await;
+                    }
+                }
+            });
+        }
+
+        tracing::info!(
+            open_streams = chat.hub.metrics().sse_streams.get(),
+            "shutting down"
+        );
+        drop(listener);
+        chat.hub.shutdown();
+        cancel.cancel();
+        tracker.close();
+        let grace = Duration::from_secs(config.shutdown_timeout);
+        if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+            tracing::warn!(
+                connections = tracker.len(),
+                "shutdown timeout reached; cutting remaining connections"
+            );
+        }
+        chat.close().await;
+        tracing::info!("shutdown complete");
+    }
+}
+
+/// Periodic work: keep-alive ticks and history pruning.
+async fn background(chat: Chat, config: Arc<Config>, cancel: CancellationToken) {
+    let keepalive = Duration::from_secs(config.keepalive.max(1));
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
+    let mut prune = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = ticks.tick(), if config.keepalive > 0 => chat.hub.keepalive(),
+            _ = prune.tick(), if config.history > 0 => {
+                match chat.prune(config.history).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(removed = n, "pruned history"),
+                    Err(e) => tracing::warn!(error = %e, "pruning history failed"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The one way tests start a server and talk to it: `spawn_app()` runs the
+//! real `Application` in-process on port 0; `TestApp` has a helper per
+//! endpoint; `SseClient` reads a stream with the EventSource rules
+//! (`ssechat::sse::Parser`) and every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser as _;
+use futures_util::StreamExt;
+use serde_json::Value;
+use ssechat::chat::Chat;
+use ssechat::config::Config;
+use ssechat::sse::{Item, ParsedEvent, Parser};
+use ssechat::startup::Application;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long any single wait in a test may take before it fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub chat: Chat,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+/// Flags for tests: in-memory history, limits off, unless `extra` says otherwise.
+pub fn test_config(extra: &[&str]) -> Config {
+    let mut args = vec![
+        "ssechat",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--db",
+        ":memory:",
+        "--post-rate",
+        "0",
+        "--max-streams",
+        "0",
+        "--max-streams-per-ip",
+        "0",
+        "--max-long-polls",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    Config::try_parse_from(args).expect("test flags parse")
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
+    spawn_with_config(test_config(extra)).await
+}
+
+pub async fn spawn_with_config(config: Config) -> TestApp {
+    let app = Application::build(config).await.expect("server starts");
+    let addr = app.addr();
+    let chat = app.chat();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until(async {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        base: format!("http://{addr}"),
+        http: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(40))
+            .build()
+            .unwrap(),
+        chat,
+        shutdown: Some(tx),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.http.get(self.url(path)).send().await.expect("GET")
+    }
+
+    /// POST a JSON body as a given client token (or none).
+    pub async fn post_json(&self, client: Option<&str>, body: Value) -> reqwest::Response {
+        let mut req = self.http.post(self.url("/chat/messages")).json(&body);
+        if let Some(c) = client {
+            req = req.header("X-Chat-Client", c);
+        }
+        req.send().await.expect("POST")
+    }
+
+    /// POST `text` to a room as a client; asserts 201 and returns the id.
+    pub async fn send(&self, client: Option<&str>, room: &str, text: &str) -> String {
+        let res = self
+            .post_json(client, serde_json::json!({"room": room, "text": text}))
+            .await;
+        assert_eq!(res.status(), 201, "POST should be accepted");
+        let v: Value = res.json().await.unwrap();
+        v["id"].as_str().expect("id is a string").to_owned()
+    }
+
+    pub async fn post_raw(
+        &self,
+        path_and_query: &str,
+        content_type: Option<&str>,
+        body: impl Into<reqwest::Body>,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
+        let mut req = self.http.post(self.url(path_and_query)).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send().await.expect("POST")
+    }
+
+    pub async fn history(&self, query: &str) -> Value {
+        let res = self.get(&format!("/chat/messages?{query}")).await;
+        assert_eq!(res.status(), 200, "history should answer 200");
+        res.json().await.unwrap()
+    }
+
+    /// Texts stored in a room, oldest first (up to 500).
+    pub async fn texts(&self, room: &str) -> Vec<String> {
+        let v = self.history(&format!("room={room}&limit=500")).await;
+        v["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    pub async fn events(&self, query: &str) -> SseClient {
+        self.events_with(query, &[]).await
+    }
+
+    pub async fn events_with(&self, query: &str, headers: &[(&str, &str)]) -> SseClient {
+        let mut req = self.http.get(self.url(&format!("/chat/events?{query}")));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = tokio::time::timeout(WAIT, req.send())
+            .await
+            .expect("stream opens in time")
+            .expect("GET /chat/events");
+        SseClient::new(res)
+    }
+
+    /// Opens a stream as `client` and reads up to its hello.
+    pub async fn subscribe(&self, room: &str, client: &str, name: &str) -> SseClient {
+        let mut s = self
+            .events(&format!("room={room}&client={client}&name={name}"))
+            .await;
+        assert_eq!(s.status, 200);
+        s.expect("hello").await;
+        s
+    }
+
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(h) = self.server.take() {
+            tokio::time::timeout(WAIT, h)
+                .await
+                .expect("server stops in time")
+                .unwrap();
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A fresh client token, as a script would hold.
+pub fn token() -> String {
+    ssechat::chat::types::ClientToken::mint()
+        .expose()
+        .to_owned()
+}
+
+pub struct SseClient {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    parser: Parser,
+    items: VecDeque<Item>,
+    pub ended: bool,
+    /// Raw bytes seen so far (for byte-level assertions).
+    pub raw: Vec<u8>,
+}
+
+impl SseClient {
+    pub fn new(res: reqwest::Response) -> Self {
+        SseClient {
+            status: res.status().as_u16(),
+            headers: res.headers().clone(),
+            body: res.bytes_stream().boxed(),
+            parser: Parser::new(),
+            items: VecDeque::new(),
+            ended: false,
+            raw: Vec::new(),
+        }
+    }
+
+    /// The next item, or `None` when the stream ends. Fails after `WAIT`.
+    pub async fn next_item(&mut self) -> Option<Item> {
+        self.next_item_within(WAIT)
+            .await
+            .expect("an SSE item in time")
+    }
+
+    /// `Err(())` on timeout, `Ok(None)` at end of stream.
+    pub async fn next_item_within(&mut self, d: Duration) -> Result<Option<Item>, ()> {
+        let deadline = tokio::time::Instant::now() + d;
+        loop {
+            if let Some(i) = self.items.pop_front() {
+                return Ok(Some(i));
+            }
+            if self.ended {
+                return Ok(None);
+            }
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Err(_) => return Err(()),
+                Ok(None) | Ok(Some(Err(_))) => self.ended = true,
+                Ok(Some(Ok(chunk))) => {
+                    self.raw.extend_from_slice(&chunk);
+                    self.items.extend(self.parser.feed(&chunk));
+                }
+            }
+        }
+    }
+
+    /// The next dispatched event, skipping comments and retry hints.
+    pub async fn next_event(&mut self) -> ParsedEvent {
+        loop {
+            match self.next_item().await {
+                Some(Item::Event(e)) => return e,
+                Some(_) => continue,
+                None => panic!("stream ended while waiting for an event"),
+            }
+        }
+    }
+
+    /// The next event, which must be of type `name`.
+    pub async fn expect(&mut self, name: &str) -> ParsedEvent {
+        let e = self.next_event().await;
+        assert_eq!(e.event, name, "unexpected event {e:?}");
+        e
+    }
+
+    /// The next event's data as JSON; it must be of type `name`.
+    pub async fn expect_json(&mut self, name: &str) -> Value {
+        let e = self.expect(name).await;
+        serde_json::from_str(&e.data).expect("event data is JSON")
+    }
+
+    /// Skips events until one of type `name` arrives.
+    pub async fn until(&mut self, name: &str) -> ParsedEvent {
+        loop {
+            let e = self.next_event().await;
+            if e.event == name {
+                return e;
+            }
+        }
+    }
+
+    /// Whether any event arrives within `d` (to show that nothing was sent;
+    /// prefer a following marker event where possible).
+    pub async fn quiet_for(&mut self, d: Duration) -> bool {
+        loop {
+            match self.next_item_within(d).await {
+                Err(()) => return true,
+                Ok(Some(Item::Event(_))) => return false,
+                Ok(Some(_)) => continue,
+                Ok(None) => return true,
+            }
+        }
+    }
+
+    /// Reads to the end of the stream, returning what remained.
+    pub async fn rest(&mut self) -> Vec<Item> {
+        let mut out = Vec::new();
+        while let Some(i) = self.next_item().await {
+            out.push(i);
+        }
+        out
+    }
+}
+
+/// Waits (bounded) until `cond` holds, checking after each yield.
+pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -1,0 +1,149 @@
+//! `GET /chat/messages`: paging, `last_id`, long-poll.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::helpers::{spawn_app, token};
+
+fn ids(v: &Value) -> Vec<String> {
+    v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn latest_and_paging_forward_with_last_id() {
+    let app = spawn_app().await;
+    let empty = app.history("room=pg").await;
+    assert_eq!(empty["last_id"], Value::Null);
+    assert_eq!(empty["messages"], serde_json::json!([]));
+    let mut sent = Vec::new();
+    for i in 0..7 {
+        sent.push(app.send(None, "pg", &format!("{i}")).await);
+    }
+    let latest = app.history("room=pg&limit=3").await;
+    assert_eq!(ids(&latest), sent[4..]);
+    assert_eq!(latest["last_id"], sent[6].as_str());
+    // Page forward from the start, 3 at a time.
+    let mut got = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let q = match &cursor {
+            Some(c) => format!("room=pg&limit=3&since={c}"),
+            None => "room=pg&limit=3&since=0".to_owned(),
+        };
+        let page = app.history(&q).await;
+        let page_ids = ids(&page);
+        if page_ids.is_empty() {
+            assert_eq!(
+                page["last_id"].as_str(),
+                cursor.as_deref(),
+                "empty page echoes since"
+            );
+            break;
+        }
+        got.extend(page_ids);
+        cursor = Some(page["last_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(got, sent);
+    // Messages carry `me` for the asking client.
+    let t = token();
+    app.send(Some(&t), "pg", "mine").await;
+    let res = app
+        .http
+        .get(app.url("/chat/messages?room=pg&limit=2"))
+        .header("x-chat-client", &t)
+        .send()
+        .await
+        .unwrap();
+    let v: Value = res.json().await.unwrap();
+    let me: Vec<bool> = v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["me"].as_bool().unwrap())
+        .collect();
+    assert_eq!(me, [false, true]);
+}
+
+#[tokio::test]
+async fn bad_history_parameters_are_400() {
+    let app = spawn_app().await;
+    for q in [
+        "limit=0",
+        "limit=501",
+        "limit=x",
+        "wait=31",
+        "wait=-1",
+        "since=x",
+        "room=%20",
+    ] {
+        let res = app.get(&format!("/chat/messages?{q}")).await;
+        assert_eq!(res.status(), 400, "{q}");
+        let v: Value = res.json().await.unwrap();
+        assert!(v["error"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn long_poll_is_released_by_the_next_message() {
+    let app = spawn_app().await;
+    let first = app.send(None, "lp", "before").await;
+    let url = app.url(&format!("/chat/messages?room=lp&since={first}&wait=20"));
+    let http = app.http.clone();
+    let started = Instant::now();
+    let poll = tokio::spawn(async move {
+        http.get(url)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    let m = app.chat.hub.metrics().clone();
+    crate::helpers::eventually("the long-poll is waiting", || m.long_polls.get() == 1).await;
+    let id = app.send(None, "lp", "after").await;
+    let v = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("released")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(ids(&v), vec![id.clone()]);
+    assert_eq!(v["last_id"], id.as_str());
+    assert_eq!(v["messages"][0]["text"], "after");
+}
+
+#[tokio::test]
+async fn long_poll_times_out_empty_with_since_as_last_id() {
+    let app = spawn_app().await;
+    let first = app.send(None, "lt", "x").await;
+    let v = app.history(&format!("room=lt&since={first}&wait=1")).await;
+    assert_eq!(ids(&v), Vec::<String>::new());
+    assert_eq!(v["last_id"], first.as_str());
+}
+
+#[tokio::test]
+async fn shutdown_answers_waiting_long_polls_at_once() {
+    let app = spawn_app().await;
+    let first = app.send(None, "ls", "x").await;
+    let url = app.url(&format!("/chat/messages?room=ls&since={first}&wait=30"));
+    let http = app.http.clone();
+    let poll = tokio::spawn(async move { http.get(url).send().await.unwrap() });
+    let m = app.chat.hub.metrics().clone();
+    crate::helpers::eventually("the long-poll is waiting", || m.long_polls.get() == 1).await;
+    let started = Instant::now();
+    app.stop().await;
+    let res = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["messages"], serde_json::json!([]));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real server on port 0, real HTTP.
+
+mod helpers;
+
+mod history;
+mod ops;
+mod pages;
+mod sending;
+mod streaming;
