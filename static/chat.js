@@ -16,7 +16,7 @@
   const errorEl = $('error');
   const jumpBtn = $('jump');
   const hintEl = $('hint');
-  if (!list || !form || !textEl || !nameEl || typeof fetch !== 'function') return;
+  if (!list || !form || !textEl || !nameEl || !window.fetch || !window.AbortController) return;
 
   const room = root.dataset.room || 'lobby';
   const serverName = root.dataset.name || '';
@@ -321,8 +321,8 @@
   }
 
   function postItem(item) {
-    const ctrl = typeof AbortController === 'function' ? new AbortController() : null;
-    const timer = ctrl ? setTimeout(() => ctrl.abort(), 20000) : 0;
+    const ctrl = new AbortController();
+    const timer = setTimeout(() => ctrl.abort(), 20000);
     const body = { room, text: item.text, client_msg_id: item.cid };
     if (item.name) body.name = item.name;
     return fetch('/chat/messages', {
@@ -331,7 +331,7 @@
       body: JSON.stringify(body),
       credentials: 'same-origin',
       cache: 'no-store',
-      signal: ctrl ? ctrl.signal : undefined,
+      signal: ctrl.signal,
     }).then(async (res) => {
       let data = null;
       try { data = await res.json(); } catch (e) { data = null; }
@@ -395,7 +395,7 @@
     textEl.style.height = 'auto';
     textEl.style.height = Math.min(textEl.scrollHeight + 2, 192) + 'px';
   }
-  function textChanged() { saveDraft(); autoGrow(); }
+  function textChanged() { saveDraft(); autoGrow(); if (!textEl.value) restoredFrom = null; }
 
   const storedName = lsGet(NAME_KEY);
   if (storedName) nameEl.value = storedName;
@@ -587,9 +587,9 @@
   async function pollLoop(gen) {
     let delay = 1000;
     while (gen === pollGen && isLeader) {
-      const ctrl = typeof AbortController === 'function' ? new AbortController() : null;
+      const ctrl = new AbortController();
       pollCtrl = ctrl;
-      const killer = ctrl ? setTimeout(() => ctrl.abort(), (POLL_WAIT + 15) * 1000) : 0;
+      const killer = setTimeout(() => ctrl.abort(), (POLL_WAIT + 15) * 1000);
       // A long-poll that has not failed after a moment is being held by the server: we are live.
       const okSoon = setTimeout(() => { if (gen === pollGen) setState('fallback'); }, 1500);
       const started = Date.now();
@@ -598,7 +598,7 @@
       try {
         const r = await fetch(messagesUrl('&wait=' + POLL_WAIT), {
           credentials: 'same-origin', cache: 'no-store', headers: { Accept: 'application/json' },
-          signal: ctrl ? ctrl.signal : undefined,
+          signal: ctrl.signal,
         });
         if (r.status === 400 && lastSeenId) lastSeenId = ''; // unknown/malformed id: restart from latest
         if (!r.ok) throw new Error('HTTP ' + r.status);
@@ -774,14 +774,11 @@
   else if (bc && store('localStorage')) heartbeatElection();
   else becomeLeader(); // no way to share: this tab connects by itself
 
+  // Debugging aid only.
   window.ssechat = {
-    get room() { return room; },
-    get state() { return statusEl ? statusEl.dataset.state : state; },
     get leader() { return isLeader; },
     get mode() { return mode; },
     get lastSeenId() { return lastSeenId; },
     get queue() { return queue.map((q) => ({ cid: q.cid, text: q.text })); },
-    reconnect() { if (isLeader) connect(); },
-    fallback() { if (isLeader) { if (es) { es.close(); es = null; } startFallback(); } },
   };
 })();

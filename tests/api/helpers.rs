@@ -321,3 +321,132 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// The built `ssechat` binary running as a child process (for crash and
+/// restart tests: `kill -9` needs a real process).
+pub struct BinApp {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub base: String,
+    /// Log lines the process printed after it was ready.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// Starts the binary with `args` on port 0 and waits (bounded) for its
+/// "listening on" line to learn the port.
+pub fn spawn_binary(args: &[&str]) -> BinApp {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ssechat"))
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the ssechat binary starts");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        let mut tx = Some(tx);
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if let Some(rest) = line.split("listening on http://").nth(1) {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(Ok(rest
+                        .trim_end_matches('/')
+                        .split('/')
+                        .next()
+                        .unwrap()
+                        .to_owned()));
+                }
+            } else if line.contains("cannot start") {
+                if let Some(tx) = tx.take() {
+                    let _ = tx.send(Err(line.clone()));
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let addr: SocketAddr = match rx.recv_timeout(WAIT) {
+        Ok(Ok(a)) => a.parse().expect("address in the log"),
+        Ok(Err(line)) => panic!("server refused to start: {line}"),
+        Err(_) => panic!("server did not say it was listening within {WAIT:?}"),
+    };
+    BinApp {
+        child,
+        addr,
+        base: format!("http://{addr}"),
+        log,
+    }
+}
+
+/// Runs the binary expecting it to refuse to start: returns (exit code, stderr).
+pub fn binary_fails(args: &[&str]) -> (i32, String) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ssechat"))
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the ssechat binary starts");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            use std::io::Read;
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            return (status.code().unwrap_or(-1), err);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the server was expected to refuse to start, but it kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl BinApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit (bounded); returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "server did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for BinApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

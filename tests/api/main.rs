@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod durability;
 mod history;
 mod ops;
 mod pages;
