@@ -45,12 +45,13 @@ pub struct Config {
     #[arg(long, env = "SSECHAT_MAX_MESSAGE_CHARS", default_value_t = 2000)]
     pub max_message_chars: usize,
 
-    /// Messages per second a client may post, sustained (429 above).
-    #[arg(long, env = "SSECHAT_POST_RATE", default_value_t = 5.0)]
+    /// Messages per second a client may post, sustained (429 above). Each
+    /// IP address may post 4x this (anonymous posts count against it).
+    #[arg(long, env = "SSECHAT_POST_RATE", default_value_t = 10.0)]
     pub post_rate: f64,
 
     /// Messages a client may post in a burst before the rate applies.
-    #[arg(long, env = "SSECHAT_POST_BURST", default_value_t = 20)]
+    #[arg(long, env = "SSECHAT_POST_BURST", default_value_t = 50)]
     pub post_burst: u32,
 
     /// Open SSE streams in total (503 above).
@@ -69,6 +70,11 @@ pub struct Config {
     /// catches up by reconnecting with Last-Event-ID).
     #[arg(long, env = "SSECHAT_STREAM_BUFFER", default_value_t = 1024)]
     pub stream_buffer: usize,
+
+    /// Seconds a connection may refuse to take our writes (its reader has
+    /// stopped reading) before it is dropped.
+    #[arg(long, env = "SSECHAT_WRITE_TIMEOUT", default_value_t = 30)]
+    pub write_timeout: u64,
 
     /// Seconds a graceful shutdown may take before remaining connections are cut.
     #[arg(long, env = "SSECHAT_SHUTDOWN_TIMEOUT", default_value_t = 5)]

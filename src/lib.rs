@@ -12,6 +12,7 @@
 //!   events (SSE), identity, assets, ops, errors.
 //! - [`sse`]: the SSE encoder and an EventSource-rules parser.
 //! - [`limits`]: rate limits and connection caps.
+//! - [`stall`]: drops connections whose peer stopped reading.
 //! - [`metrics`]: Prometheus counters.
 //! - [`telemetry`]: logging setup.
 
@@ -23,6 +24,7 @@ pub mod http;
 pub mod limits;
 pub mod metrics;
 pub mod sse;
+pub mod stall;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -21,7 +21,7 @@ pub struct Limits {
     max_streams: usize,
     max_streams_per_ip: usize,
     max_long_polls: usize,
-    buckets: Mutex<HashMap<ClientId, Bucket>>,
+    buckets: Mutex<HashMap<Key, Bucket>>,
     streams: Arc<Counts>,
     long_polls: Arc<AtomicUsize>,
 }
@@ -30,6 +30,24 @@ pub struct Limits {
 struct Counts {
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// How many times the per-client rate and burst an IP address gets.
+pub const IP_FACTOR: f64 = 4.0;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Client(ClientId),
+    Ip(IpAddr),
+}
+
+impl Key {
+    fn factor(&self) -> f64 {
+        match self {
+            Key::Client(_) => 1.0,
+            Key::Ip(_) => IP_FACTOR,
+        }
+    }
 }
 
 struct Bucket {
@@ -69,12 +87,15 @@ impl Limits {
         }
     }
 
-    fn buckets(&self) -> MutexGuard<'_, HashMap<ClientId, Bucket>> {
+    fn buckets(&self) -> MutexGuard<'_, HashMap<Key, Bucket>> {
         self.buckets.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes one token from the client's bucket.
-    pub fn check_post(&self, client: ClientId) -> Result<(), Refused> {
+    /// Takes one token from the client's bucket and one from its IP's
+    /// (which holds `IP_FACTOR` times as many: people behind one NAT share
+    /// it, and anonymous posts, which have no client of their own, are held
+    /// back by it). A refusal takes nothing.
+    pub fn check_post(&self, client: ClientId, ip: Option<IpAddr>) -> Result<(), Refused> {
         if self.post_rate <= 0.0 {
             return Ok(());
         }
@@ -82,24 +103,39 @@ impl Limits {
         let mut buckets = self.buckets();
         if buckets.len() >= MAX_BUCKETS {
             let (rate, burst) = (self.post_rate, self.post_burst);
-            buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst);
+            buckets.retain(|k, b| {
+                let f = k.factor();
+                b.tokens + now.duration_since(b.at).as_secs_f64() * rate * f < burst * f
+            });
         }
-        let b = buckets.entry(client).or_insert(Bucket {
-            tokens: self.post_burst,
-            at: now,
-        });
-        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * self.post_rate)
-            .min(self.post_burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = (1.0 - b.tokens) / self.post_rate;
-            Err(Refused::Rate {
+        let keys = [Some(Key::Client(client)), ip.map(Key::Ip)];
+        let mut wait: f64 = 0.0;
+        for key in keys.iter().flatten() {
+            let (rate, burst) = (
+                self.post_rate * key.factor(),
+                self.post_burst * key.factor(),
+            );
+            let b = buckets.entry(*key).or_insert(Bucket {
+                tokens: burst,
+                at: now,
+            });
+            b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(burst);
+            b.at = now;
+            if b.tokens < 1.0 {
+                wait = wait.max((1.0 - b.tokens) / rate);
+            }
+        }
+        if wait > 0.0 {
+            return Err(Refused::Rate {
                 retry_after: wait.ceil().max(1.0) as u64,
-            })
+            });
         }
+        for key in keys.iter().flatten() {
+            if let Some(b) = buckets.get_mut(key) {
+                b.tokens -= 1.0;
+            }
+        }
+        Ok(())
     }
 
     /// A place for one SSE stream.
@@ -179,21 +215,37 @@ mod tests {
     fn bucket_allows_the_burst_then_refuses() {
         let l = Limits::new(1.0, 3, 0, 0, 0);
         for _ in 0..3 {
-            assert!(l.check_post(ClientId(1)).is_ok());
+            assert!(l.check_post(ClientId(1), None).is_ok());
         }
         assert_eq!(
-            l.check_post(ClientId(1)),
+            l.check_post(ClientId(1), None),
             Err(Refused::Rate { retry_after: 1 })
         );
-        assert!(l.check_post(ClientId(2)).is_ok(), "buckets are per client");
+        assert!(
+            l.check_post(ClientId(2), None).is_ok(),
+            "buckets are per client"
+        );
     }
 
     #[test]
     fn zero_rate_is_off() {
         let l = Limits::new(0.0, 1, 0, 0, 0);
         for _ in 0..100 {
-            assert!(l.check_post(ClientId(1)).is_ok());
+            assert!(l.check_post(ClientId(1), None).is_ok());
         }
+    }
+
+    #[test]
+    fn an_ip_gets_a_bigger_shared_bucket() {
+        let l = Limits::new(1.0, 2, 0, 0, 0);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let allowed = (0..100)
+            .filter(|i| l.check_post(ClientId(*i), Some(ip)).is_ok())
+            .count();
+        assert_eq!(allowed, 8, "burst 2 x IP_FACTOR 4, across many clients");
+        assert!(l
+            .check_post(ClientId(500), Some("10.0.0.2".parse().unwrap()))
+            .is_ok());
     }
 
     #[test]

@@ -351,3 +351,94 @@ mod tests {
         assert!(parse_all(b"event: x\n\n").is_empty());
     }
 }
+
+#[cfg(test)]
+mod props {
+    //! Property tests (the fuzzing of the encoder): whatever the text, the
+    //! bytes decode to exactly the one event that was encoded, however the
+    //! stream is chunked. `PROPTEST_CASES=N` runs longer.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Text biased towards what can break SSE: line breaks, colons, NUL,
+    /// other controls, BOM, spaces, non-ASCII.
+    fn nasty_text() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("\r".to_owned()),
+            Just("\n".to_owned()),
+            Just("\r\n".to_owned()),
+            Just(":".to_owned()),
+            Just(" ".to_owned()),
+            Just("\0".to_owned()),
+            Just("\u{feff}".to_owned()),
+            Just("data: x".to_owned()),
+            Just("event: join".to_owned()),
+            Just("id: 1".to_owned()),
+            Just("retry: 1".to_owned()),
+            any::<char>().prop_map(String::from),
+            "[\\x00-\\x1f\\x7f]",
+            ".{0,8}",
+        ];
+        prop::collection::vec(piece, 0..24).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #[test]
+        fn any_text_is_exactly_one_event(text in nasty_text(), id in 0u64.., split in any::<prop::sample::Index>()) {
+            let bytes = Frame::new().event("message").id(&id.to_string()).data(&text).finish();
+            let at = split.index(bytes.len() + 1);
+            let mut p = Parser::new();
+            let mut items = p.feed(&bytes[..at]);
+            items.extend(p.feed(&bytes[at..]));
+            prop_assert_eq!(items.len(), 1);
+            let Item::Event(e) = &items[0] else { panic!("not an event: {items:?}") };
+            prop_assert_eq!(&e.event, "message");
+            prop_assert_eq!(&e.data, &normalize_newlines(&text));
+            prop_assert_eq!(&e.last_event_id, &id.to_string());
+        }
+
+        #[test]
+        fn json_events_carry_text_exactly(text in nasty_text()) {
+            let json = serde_json::to_string(&serde_json::json!({"text": text})).unwrap();
+            let bytes = Frame::new().event("message").data(&json).finish();
+            let items = Parser::new().feed(&bytes);
+            prop_assert_eq!(items.len(), 1);
+            let Item::Event(e) = &items[0] else { panic!() };
+            let v: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+            prop_assert_eq!(v["text"].as_str().unwrap(), text.as_str());
+        }
+
+        #[test]
+        fn comments_and_single_line_fields_never_dispatch(text in nasty_text()) {
+            let mut bytes = comment(&text).to_vec();
+            bytes.extend_from_slice(&Frame::new().event(&text).id(&text).data("x").finish());
+            let events: Vec<_> = Parser::new()
+                .feed(&bytes)
+                .into_iter()
+                .filter(|i| matches!(i, Item::Event(_)))
+                .collect();
+            prop_assert_eq!(events.len(), 1);
+        }
+
+        #[test]
+        fn a_sequence_of_frames_stays_a_sequence(texts in prop::collection::vec(nasty_text(), 1..6)) {
+            let mut bytes = Vec::new();
+            for (i, t) in texts.iter().enumerate() {
+                bytes.extend_from_slice(&Frame::new().event("message").id(&i.to_string()).data(t).finish());
+            }
+            let got: Vec<String> = Parser::new()
+                .feed(&bytes)
+                .into_iter()
+                .filter_map(|i| match i { Item::Event(e) => Some(e.data), _ => None })
+                .collect();
+            let want: Vec<String> = texts.iter().map(|t| normalize_newlines(t)).collect();
+            prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn the_parser_never_panics_on_garbage(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Parser::new().feed(&bytes);
+        }
+    }
+}

@@ -21,9 +21,17 @@ use crate::config::Config;
 use crate::http::{routes, AppState, PeerAddr};
 use crate::limits::Limits;
 use crate::metrics::Metrics;
+use crate::stall::StallTimeout;
 use crate::store::memory::MemoryStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
+
+/// Per-connection kernel send buffer (Linux doubles it): plenty for chat
+/// events, small enough that thousands of stalled readers cost little.
+const SEND_BUFFER: usize = 128 * 1024;
+
+/// Largest request head (line + headers) accepted.
+const MAX_HEAD_BYTES: usize = 32 * 1024;
 
 /// Why the server could not start. Each says what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +146,15 @@ impl Application {
                 },
             };
             let _ = stream.set_nodelay(true);
+            // A bounded kernel send buffer bounds what a peer that stops
+            // reading can pin, and makes the stall timeout notice it.
+            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
             let svc = svc.clone();
+            let io = TokioIo::new(StallTimeout::new(
+                stream,
+                Duration::from_secs(config.write_timeout),
+                chat.hub.metrics().clone(),
+            ));
             let cancel = cancel.clone();
             tracker.spawn(async move {
                 let service =
@@ -149,7 +165,9 @@ impl Application {
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(30))
-                    .serve_connection(TokioIo::new(stream), service);
+                    // Request heads above this are refused (431).
+                    .max_buf_size(MAX_HEAD_BYTES)
+                    .serve_connection(io, service);
                 let mut conn = std::pin::pin!(conn);
                 tokio::select! {
                     _ = conn.as_mut() => {}

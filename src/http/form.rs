@@ -104,3 +104,25 @@ mod tests {
         assert_eq!(f.take("y").unwrap().unwrap(), "");
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn never_panics_on_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(mut f) = Fields::parse(&bytes) {
+                let _ = f.take("text");
+            }
+        }
+
+        #[test]
+        fn decodes_what_a_browser_encodes(key in "[a-z_]{1,8}", value in any::<String>()) {
+            let encoded = serde_urlencoded::to_string([(key.as_str(), value.as_str())]).unwrap();
+            let mut f = Fields::parse(encoded.as_bytes()).unwrap();
+            prop_assert_eq!(f.take(&key).unwrap(), Some(value));
+        }
+    }
+}

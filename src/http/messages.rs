@@ -214,10 +214,13 @@ where
     let who = identity::resolve(&ctx.headers, client_q.as_deref())?;
     let sender = who.token.id();
 
-    state.limits.check_post(sender).map_err(|r| match r {
-        Refused::Rate { retry_after } => ApiError::RateLimited { retry_after },
-        _ => unreachable!("check_post only refuses on rate"),
-    })?;
+    state
+        .limits
+        .check_post(sender, ctx.peer.map(|p| p.ip()))
+        .map_err(|r| match r {
+            Refused::Rate { retry_after } => ApiError::RateLimited { retry_after },
+            _ => unreachable!("check_post only refuses on rate"),
+        })?;
 
     let hub = &state.chat.hub;
     if let Some(n) = &name {
@@ -423,5 +426,28 @@ mod tests {
         assert!(kind("text/plain;charset=UTF-8") == Some(BodyKind::Text));
         assert!(kind("multipart/form-data").is_none());
         assert!(body_kind(&HeaderMap::new()).is_err());
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn body_parsers_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512), q in ".{0,32}") {
+            for kind in [BodyKind::Form, BodyKind::Json, BodyKind::Text] {
+                let _ = parse_fields(kind, &bytes, &q);
+            }
+        }
+
+        #[test]
+        fn json_bodies_round_trip(text in any::<String>(), room in "[a-z]{1,8}") {
+            let body = serde_json::to_vec(&serde_json::json!({"text": text, "room": room})).unwrap();
+            let f = parse_fields(BodyKind::Json, &body, "").unwrap();
+            prop_assert_eq!(f.text, Some(text));
+            prop_assert_eq!(f.room, Some(room));
+        }
     }
 }

@@ -257,3 +257,80 @@ fn unusable_database_files_fail_the_start_clearly() {
     assert_eq!(code, 1);
     assert!(err.contains("locked"), "{err}");
 }
+
+/// A small tmpfs, unmounted on drop: a disk that can really fill up.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(kib: u32) -> Option<SmallDisk> {
+        let dir = tempfile::tempdir().ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(SmallDisk { dir })
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_turns_posts_into_503_and_recovers() {
+    let Some(disk) = SmallDisk::mount(2048) else {
+        let msg = "SKIPPED: cannot mount a tmpfs (needs root) for the disk-full test";
+        assert!(std::env::var("SSECHAT_REQUIRE_EXTERNAL").is_err(), "{msg}");
+        eprintln!("{msg}");
+        return;
+    };
+    let db = disk.dir.path().join("chat.db");
+    let server = spawn_binary(&["--db", db.to_str().unwrap(), "--post-rate", "0"]);
+    let http = reqwest::Client::new();
+    let post = |text: String| {
+        let http = http.clone();
+        let url = server.url("/chat/messages");
+        async move {
+            http.post(url)
+                .json(&json!({"room":"full","text":text}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(post("before".into()).await.status(), 201);
+    // Fill the disk, leaving almost nothing.
+    let filler = disk.dir.path().join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 4 * 1024 * 1024]);
+    let mut refused = None;
+    for i in 0..200 {
+        let res = post(format!("{i}{}", "x".repeat(1900))).await;
+        if res.status() != 201 {
+            refused = Some(res);
+            break;
+        }
+    }
+    let res = refused.expect("a full disk refuses writes");
+    assert_eq!(res.status(), 503);
+    let v: Value = res.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("storage"), "{v}");
+    let health = http.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "the server stays up");
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(
+        post("after".into()).await.status(),
+        201,
+        "recovers when the disk does"
+    );
+    let all = all_messages(&http, &server.base, "full").await;
+    assert_eq!(all.first().unwrap()["text"], "before");
+    assert_eq!(all.last().unwrap()["text"], "after");
+}

@@ -2,6 +2,7 @@
 
 mod helpers;
 
+mod abuse;
 mod durability;
 mod history;
 mod ops;
