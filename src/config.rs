@@ -29,9 +29,21 @@ pub struct Config {
     #[arg(long, env = "SSECHAT_HISTORY", default_value_t = 1000)]
     pub history: usize,
 
-    /// Redis URL for cluster mode (e.g. redis://127.0.0.1:6379/).
+    /// Redis URL for cluster mode (e.g. redis://127.0.0.1:6379/): several
+    /// ssechat processes then act as one chat; history lives in Redis and
+    /// --db is unused.
     #[arg(long, env = "SSECHAT_REDIS")]
     pub redis: Option<String>,
+
+    /// Cluster mode: seconds to wait for Redis at start-up before giving
+    /// up (0: fail at once if it does not answer).
+    #[arg(long, env = "SSECHAT_REDIS_WAIT", default_value_t = 0)]
+    pub redis_wait: u64,
+
+    /// Cluster mode: seconds after which a node that stopped sending
+    /// heartbeats is taken for dead and its clients leave.
+    #[arg(long, env = "SSECHAT_NODE_TTL", default_value_t = 15)]
+    pub node_ttl: u64,
 
     /// Seconds between keep-alive comments on idle SSE streams.
     #[arg(long, env = "SSECHAT_KEEPALIVE", default_value_t = 15)]

@@ -23,6 +23,7 @@ use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::stall::StallTimeout;
 use crate::store::memory::MemoryStore;
+use crate::store::redis::{self, PresenceQueue, RedisStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::Store;
 
@@ -50,17 +51,14 @@ pub enum StartupError {
 pub struct Application {
     listener: TcpListener,
     addr: SocketAddr,
+    /// Ends background work (subscriber, heartbeat, keep-alive) and tells
+    /// connections to finish.
+    cancel: CancellationToken,
     state: AppState,
 }
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartupError> {
-        if config.redis.is_some() {
-            return Err(StartupError::Config(
-                "cluster mode (--redis) is not available in this build yet; run without --redis"
-                    .into(),
-            ));
-        }
         if !(config.post_rate >= 0.0 && config.post_rate.is_finite()) {
             return Err(StartupError::Config(
                 "--post-rate must be a number >= 0".into(),
@@ -68,13 +66,48 @@ impl Application {
         }
         let metrics = Arc::new(Metrics::default());
         let hub = Hub::new(config.stream_buffer, metrics);
-        let store: Arc<dyn Store> = match config.db_path() {
-            None => Arc::new(MemoryStore::new(config.history)),
-            Some(path) => {
-                Arc::new(SqliteStore::open(&path).map_err(|e| StartupError::Store(e.to_string()))?)
+        let cancel = CancellationToken::new();
+        let chat = match &config.redis {
+            Some(url) => {
+                let (url, history, wait) = (url.clone(), config.history, config.redis_wait);
+                let ttl = Duration::from_secs(config.node_ttl.max(1));
+                let store = tokio::task::spawn_blocking(move || {
+                    RedisStore::connect(&url, history, Duration::from_secs(wait), ttl)
+                })
+                .await
+                .map_err(|e| StartupError::Store(e.to_string()))?
+                .map_err(StartupError::Store)?;
+                let store = Arc::new(store);
+                hub.set_cluster(Arc::new(PresenceQueue::start(store.clone())));
+                let (ready, subscribed) = tokio::sync::oneshot::channel();
+                tokio::spawn(redis::run_subscriber(
+                    store.clone(),
+                    hub.clone(),
+                    cancel.clone(),
+                    ready,
+                ));
+                let wait = Duration::from_secs(config.redis_wait.max(5));
+                if tokio::time::timeout(wait, subscribed).await.is_err() {
+                    return Err(StartupError::Store(
+                        "cannot subscribe to Redis events; is Redis reachable?".into(),
+                    ));
+                }
+                tracing::info!(
+                    node = store.node(),
+                    "cluster mode: history and presence in Redis"
+                );
+                Chat::clustered(hub, store)
+            }
+            None => {
+                let store: Arc<dyn Store> = match config.db_path() {
+                    None => Arc::new(MemoryStore::new(config.history)),
+                    Some(path) => Arc::new(
+                        SqliteStore::open(&path).map_err(|e| StartupError::Store(e.to_string()))?,
+                    ),
+                };
+                Chat::new(hub, store)
             }
         };
-        let chat = Chat::new(hub, store);
         let addr = SocketAddr::new(config.host, config.port);
         let listener = TcpListener::bind(addr)
             .await
@@ -92,6 +125,7 @@ impl Application {
         Ok(Application {
             listener,
             addr,
+            cancel,
             state: AppState {
                 chat,
                 config: Arc::new(config),
@@ -120,11 +154,11 @@ impl Application {
         let Application {
             listener,
             addr,
+            cancel,
             state,
         } = self;
         let config = state.config.clone();
         let chat = state.chat.clone();
-        let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
 
         tracker.spawn(background(chat.clone(), config.clone(), cancel.clone()));
@@ -195,6 +229,9 @@ impl Application {
             );
         }
         chat.close().await;
+        if let Some(cluster) = chat.cluster().cloned() {
+            let _ = tokio::task::spawn_blocking(move || cluster.reap_self()).await;
+        }
         tracing::info!("shutdown complete");
     }
 }
@@ -204,9 +241,21 @@ async fn background(chat: Chat, config: Arc<Config>, cancel: CancellationToken) 
     let keepalive = Duration::from_secs(config.keepalive.max(1));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
     let mut prune = tokio::time::interval(Duration::from_secs(10));
+    let mut heartbeat = tokio::time::interval(redis::heartbeat_every(Duration::from_secs(
+        config.node_ttl.max(1),
+    )));
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
+            _ = heartbeat.tick(), if chat.cluster().is_some() => {
+                if let Some(cluster) = chat.cluster().cloned() {
+                    match tokio::task::spawn_blocking(move || cluster.heartbeat()).await {
+                        Ok(Err(e)) => tracing::warn!(error = %e, "cluster heartbeat failed"),
+                        Err(e) => tracing::warn!(error = %e, "cluster heartbeat task failed"),
+                        Ok(Ok(())) => {}
+                    }
+                }
+            }
             _ = ticks.tick(), if config.keepalive > 0 => chat.hub.keepalive(),
             _ = prune.tick(), if config.history > 0 => {
                 match chat.prune(config.history).await {

@@ -11,9 +11,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 
 use super::message::{Event, Message, MessageFrames, PresenceKind};
 use super::types::{ClientId, DisplayName, RoomName};
@@ -37,6 +37,27 @@ struct Shared {
     shutting_down: AtomicBool,
     keepalive: Arc<Event>,
     metrics: Arc<Metrics>,
+    /// In cluster mode presence is counted in Redis and join/leave events
+    /// come back through it; the hub then only tracks this node's streams
+    /// and tells the cluster when a client's first stream here opens and
+    /// its last one closes. Both calls are made under the hub lock, so the
+    /// cluster sees them in the order they happened.
+    cluster: OnceLock<Arc<dyn ClusterPresence>>,
+}
+
+/// Cluster-wide presence, as the hub needs it. Calls must not block: they
+/// queue work and return.
+pub trait ClusterPresence: Send + Sync {
+    /// The client's first stream on this node opened; the receiver yields
+    /// the cluster-wide online count.
+    fn join(
+        &self,
+        room: &RoomName,
+        client: ClientId,
+        name: &DisplayName,
+    ) -> oneshot::Receiver<usize>;
+    /// The client's last stream on this node closed.
+    fn leave(&self, room: &RoomName, client: ClientId);
 }
 
 #[derive(Default)]
@@ -68,8 +89,12 @@ pub struct ShuttingDown;
 pub struct Subscription {
     pub rx: broadcast::Receiver<Arc<Event>>,
     pub guard: SubscriptionGuard,
-    /// Distinct clients online in the room, this one included.
+    /// Distinct clients online in the room (on this node), this one included.
     pub online: usize,
+    /// This is the client's first stream in the room on this node.
+    pub first: bool,
+    /// Cluster mode: the cluster-wide online count, once Redis answers.
+    pub cluster_online: Option<oneshot::Receiver<usize>>,
 }
 
 pub struct SubscriptionGuard {
@@ -94,8 +119,15 @@ impl Hub {
                 shutting_down: AtomicBool::new(false),
                 keepalive: Arc::new(Event::Keepalive),
                 metrics,
+                cluster: OnceLock::new(),
             }),
         }
+    }
+
+    /// Switches presence to cluster mode: join/leave events are no longer
+    /// made here but arrive through `broadcast`.
+    pub fn set_cluster(&self, cluster: Arc<dyn ClusterPresence>) {
+        let _ = self.shared.cluster.set(cluster);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -129,9 +161,19 @@ impl Hub {
         p.streams += 1;
         p.name = name.clone();
         let online = r.presence.len();
+        let mut cluster_online = None;
         if first {
-            let _ =
-                r.tx.send(Arc::new(Event::presence(PresenceKind::Join, name, online)));
+            match self.shared.cluster.get() {
+                Some(cluster) => cluster_online = Some(cluster.join(room, client, name)),
+                None => {
+                    let _ = r.tx.send(Arc::new(Event::presence(
+                        PresenceKind::Join,
+                        name,
+                        online,
+                        client,
+                    )));
+                }
+            }
         }
         r.watchers += 1;
         let rx = r.tx.subscribe();
@@ -145,6 +187,8 @@ impl Hub {
                 client: Some(client),
             },
             online,
+            first,
+            cluster_online,
         })
     }
 
@@ -166,6 +210,8 @@ impl Hub {
                 client: None,
             },
             online,
+            first: false,
+            cluster_online: None,
         })
     }
 
@@ -191,12 +237,17 @@ impl Hub {
                 if p.streams == 0 {
                     let name = r.presence.remove(&client).map(|p| p.name);
                     if let Some(name) = name {
-                        let online = r.presence.len();
-                        let _ = r.tx.send(Arc::new(Event::presence(
-                            PresenceKind::Leave,
-                            &name,
-                            online,
-                        )));
+                        if let Some(cluster) = self.shared.cluster.get() {
+                            cluster.leave(room, client);
+                        } else {
+                            let online = r.presence.len();
+                            let _ = r.tx.send(Arc::new(Event::presence(
+                                PresenceKind::Leave,
+                                &name,
+                                online,
+                                client,
+                            )));
+                        }
                     }
                 }
             }
@@ -225,6 +276,19 @@ impl Hub {
                 let _ = r.tx.send(event);
             }
         }
+    }
+
+    /// Sends an event to a room's streams on this node (cluster presence).
+    pub fn broadcast(&self, room: &RoomName, event: Event) {
+        let state = self.lock();
+        if let Some(r) = state.rooms.get(room) {
+            let _ = r.tx.send(Arc::new(event));
+        }
+    }
+
+    /// Rooms with live machinery on this node.
+    pub fn live_room_names(&self) -> Vec<RoomName> {
+        self.lock().rooms.keys().cloned().collect()
     }
 
     /// One keep-alive tick to every live room.

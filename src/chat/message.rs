@@ -78,10 +78,12 @@ pub enum Format {
 #[derive(Debug)]
 pub enum Event {
     Message(MessageFrames),
-    /// A join or leave: the same bytes for everyone in each format.
+    /// A join or leave: the same bytes for everyone in each format. Not
+    /// shown to the client it is about (its own streams know it is here).
     Presence {
         json: Bytes,
         text: Bytes,
+        about: ClientId,
     },
     /// Time for a keep-alive comment (one shared tick for all streams, so
     /// an idle stream costs no timer of its own).
@@ -131,7 +133,12 @@ pub enum PresenceKind {
 }
 
 impl Event {
-    pub fn presence(kind: PresenceKind, name: &DisplayName, online: usize) -> Event {
+    pub fn presence(
+        kind: PresenceKind,
+        name: &DisplayName,
+        online: usize,
+        about: ClientId,
+    ) -> Event {
         #[derive(Serialize)]
         struct Presence<'a> {
             name: &'a DisplayName,
@@ -148,6 +155,7 @@ impl Event {
                 .event(event)
                 .data(&format!(">> {name} {verb} ({online} online)"))
                 .finish(),
+            about,
         }
     }
 }
@@ -253,7 +261,9 @@ mod tests {
     #[test]
     fn presence_text_reads_naturally() {
         let name = DisplayName::parse("bob").unwrap();
-        let Event::Presence { json, text } = Event::presence(PresenceKind::Join, &name, 2) else {
+        let Event::Presence { json, text, .. } =
+            Event::presence(PresenceKind::Join, &name, 2, ClientId(1))
+        else {
             unreachable!()
         };
         assert_eq!(parse_one(&text).data, ">> bob joined (2 online)");

@@ -13,6 +13,7 @@ use self::hub::Hub;
 use self::message::Message;
 use self::types::{EventId, RoomName};
 use self::writer::Writer;
+use crate::store::redis::RedisStore;
 use crate::store::{Appended, NewMessage, Store, StoreError};
 
 /// Why the chat could not do what was asked.
@@ -30,12 +31,49 @@ pub struct Chat {
     pub hub: Hub,
     store: Arc<dyn Store>,
     writer: Arc<Writer>,
+    /// Set in cluster mode: presence and health come from Redis.
+    cluster: Option<Arc<RedisStore>>,
 }
 
 impl Chat {
     pub fn new(hub: Hub, store: Arc<dyn Store>) -> Self {
         let writer = Arc::new(Writer::start(store.clone(), hub.clone()));
-        Chat { hub, store, writer }
+        Chat {
+            hub,
+            store,
+            writer,
+            cluster: None,
+        }
+    }
+
+    /// A chat whose history, ids and presence live in Redis.
+    pub fn clustered(hub: Hub, store: Arc<RedisStore>) -> Self {
+        let mut chat = Chat::new(hub, store.clone());
+        chat.cluster = Some(store);
+        chat
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<RedisStore>> {
+        self.cluster.as_ref()
+    }
+
+    /// Whether everything this node depends on answers (Redis in cluster mode).
+    pub fn healthy(&self) -> bool {
+        self.cluster.as_ref().is_none_or(|c| c.is_healthy())
+    }
+
+    /// Distinct clients online in a room: cluster-wide in cluster mode
+    /// (falling back to this node's count if Redis does not answer).
+    pub async fn online(&self, room: &RoomName) -> usize {
+        let local = self.hub.online(room);
+        let Some(cluster) = self.cluster.clone() else {
+            return local;
+        };
+        let room = room.clone();
+        match tokio::task::spawn_blocking(move || cluster.online(&room)).await {
+            Ok(Ok(n)) => n.max(local),
+            _ => local,
+        }
     }
 
     /// Stores and broadcasts a message; returns once it is stored.

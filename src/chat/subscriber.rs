@@ -101,7 +101,8 @@ impl Stream for EventStream {
                     this.last_id = Some(m.message.id);
                     this.deliver(m.frame_for(Some(this.viewer), this.format))
                 }
-                Event::Presence { json, text } => this.deliver(match this.format {
+                Event::Presence { about, .. } if *about == this.viewer => continue,
+                Event::Presence { json, text, .. } => this.deliver(match this.format {
                     Format::Json => json,
                     Format::Text => text,
                 }),

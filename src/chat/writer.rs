@@ -104,7 +104,9 @@ fn run(store: Arc<dyn Store>, hub: Hub, mut rx: mpsc::Receiver<(NewMessage, Repl
                     })
                     .collect();
                 hub.metrics().messages_total.inc_by(new.len() as u64);
-                hub.publish(new);
+                if !store.broadcasts_itself() {
+                    hub.publish(new);
+                }
                 for (reply, outcome) in replies.drain(..).zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }

@@ -100,9 +100,18 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
     let name = hub.name_of(client);
     // Subscribe before reading history: a message stored meanwhile is then
     // in both, and the stream skips ids that replay already sent.
-    let sub = hub
+    let mut sub = hub
         .open_stream(&room, client, &name)
         .map_err(|_| ApiError::ShuttingDown)?;
+    let online = match sub.cluster_online.take() {
+        Some(rx) => tokio::time::timeout(std::time::Duration::from_secs(2), rx)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(sub.online),
+        None if chat.cluster().is_some() => chat.online(&room).await,
+        None => sub.online,
+    };
     let replay = match since {
         Some(after) => chat.after(&room, Some(after), usize::MAX).await?,
         None => Vec::new(),
@@ -110,13 +119,13 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
     let minted = who.minted.then(|| who.token.expose());
     let mut prelude = Vec::with_capacity(replay.len() + 2);
     prelude.push(sse::retry(state.config.retry_ms));
-    prelude.push(message::hello_frame(&room, &name, sub.online, minted));
+    prelude.push(message::hello_frame(&room, &name, online, minted));
     for m in &replay {
         prelude.push(m.frame(format, m.sender == client));
     }
     let last_id = replay.last().map(|m| m.id).max(since);
     tracing::info!(
-        room = %room, name = %name, online = sub.online, replayed = replay.len(),
+        room = %room, name = %name, online, replayed = replay.len(),
         peer = ?ctx.peer, "connect"
     );
     let log = DisconnectLog {

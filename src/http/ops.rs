@@ -8,6 +8,8 @@ use super::AppState;
 pub fn healthz(state: AppState) -> Response {
     let (status, body) = if state.chat.hub.is_shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
+    } else if !state.chat.healthy() {
+        (StatusCode::SERVICE_UNAVAILABLE, "redis unavailable")
     } else {
         (StatusCode::OK, "ok")
     };

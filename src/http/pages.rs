@@ -69,23 +69,18 @@ fn hh_mm(ts: i64) -> String {
 
 pub async fn index(state: AppState, _ctx: Ctx) -> Response {
     let result = async {
-        let mut rooms: Vec<RoomSummary> = state
-            .chat
-            .rooms()
-            .await?
-            .into_iter()
-            .map(|r| RoomSummary {
-                online: state.chat.hub.online(&r),
-                name: r.to_string(),
-            })
-            .collect();
-        for (r, online) in state.chat.hub.rooms_online() {
-            if !rooms.iter().any(|s| s.name == r.as_str()) {
-                rooms.push(RoomSummary {
-                    name: r.to_string(),
-                    online,
-                });
+        let mut names = state.chat.rooms().await?;
+        for (r, _) in state.chat.hub.rooms_online() {
+            if !names.contains(&r) {
+                names.push(r);
             }
+        }
+        let mut rooms = Vec::with_capacity(names.len());
+        for r in names {
+            rooms.push(RoomSummary {
+                online: state.chat.online(&r).await,
+                name: r.to_string(),
+            });
         }
         rooms.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.name.cmp(&b.name)));
         render(&IndexPage { rooms })

@@ -8,6 +8,7 @@
 //! `spawn_blocking`).
 
 pub mod memory;
+pub mod redis;
 pub mod sqlite;
 
 use crate::chat::message::Message;
@@ -71,6 +72,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything appended so far durable (no-op where not relevant).
     fn flush(&self) -> StoreResult<()>;
+
+    /// Whether appended messages reach the hub through the store itself
+    /// (cluster mode: every node hears them from Redis, in one global
+    /// order) rather than from the writer that appended them.
+    fn broadcasts_itself(&self) -> bool {
+        false
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 mod helpers;
 
 mod abuse;
+mod cluster;
 mod durability;
 mod history;
 mod ops;

@@ -1,0 +1,400 @@
+//! Cluster mode: several nodes of the built binary on one `redis-server`
+//! that the test starts itself on a free loopback port.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::{spawn_binary, token, BinApp, SseClient, WAIT};
+
+/// A `redis-server` of our own; stopped on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+    persistent: bool,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Redis {
+    /// `None` (after a loud SKIPPED) when redis-server is not installed.
+    fn start(persistent: bool) -> Option<Redis> {
+        if Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            assert!(
+                std::env::var("SSECHAT_REQUIRE_EXTERNAL").is_err(),
+                "redis-server not found, and SSECHAT_REQUIRE_EXTERNAL is set"
+            );
+            eprintln!("SKIPPED: redis-server not found");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let child = Self::spawn(dir.path(), port, persistent);
+        let r = Redis {
+            child,
+            port,
+            dir,
+            persistent,
+        };
+        r.wait_ready();
+        Some(r)
+    }
+
+    fn spawn(dir: &Path, port: u16, persistent: bool) -> Child {
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(dir);
+        if persistent {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server starts")
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(c) = redis::Client::open(self.url()) {
+                if let Ok(mut conn) = c.get_connection_with_timeout(Duration::from_millis(200)) {
+                    if redis::cmd("PING").query::<String>(&mut conn).is_ok() {
+                        return;
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "redis-server did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn restart(&mut self) {
+        self.stop();
+        self.child = Self::spawn(self.dir.path(), self.port, self.persistent);
+        self.wait_ready();
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn node(redis: &Redis, extra: &[&str]) -> BinApp {
+    let url = redis.url();
+    let mut args = vec![
+        "--redis",
+        url.as_str(),
+        "--post-rate",
+        "0",
+        "--max-streams-per-ip",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    spawn_binary(&args)
+}
+
+async fn subscribe(n: &BinApp, query: &str) -> (SseClient, Value) {
+    let res = reqwest::get(n.url(&format!("/chat/events?{query}")))
+        .await
+        .unwrap();
+    let mut s = SseClient::new(res);
+    let hello = s.expect_json("hello").await;
+    (s, hello)
+}
+
+async fn post(n: &BinApp, client: &str, room: &str, text: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(n.url("/chat/messages"))
+        .header("x-chat-client", client)
+        .json(&json!({"room": room, "text": text}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn messages_cross_nodes_once_in_one_order_with_me_and_presence() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let nodes = [node(&redis, &[]), node(&redis, &[]), node(&redis, &[])];
+    let alice = token();
+    let (mut on_a, hello) =
+        subscribe(&nodes[0], &format!("room=x&client={alice}&name=alice")).await;
+    assert_eq!(hello["online"], 1);
+    let (mut on_b, hello) = subscribe(&nodes[1], "room=x&name=bob").await;
+    assert_eq!(hello["online"], 2, "online counts are cluster-wide");
+    assert_eq!(
+        on_a.expect_json("join").await,
+        json!({"name": "bob", "online": 2})
+    );
+    let (mut on_c, _) = subscribe(&nodes[2], "room=x&name=carol").await;
+    on_a.expect("join").await;
+    on_b.expect("join").await;
+
+    // Concurrent posters on every node.
+    let per_node = 40;
+    let mut posters = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        let (url, t) = (
+            n.url("/chat/messages"),
+            if i == 0 { alice.clone() } else { token() },
+        );
+        posters.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            for k in 0..per_node {
+                let r = http
+                    .post(&url)
+                    .header("x-chat-client", &t)
+                    .json(&json!({"room":"x","text":format!("n{i}-{k}")}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 201);
+            }
+        }));
+    }
+    for p in posters {
+        p.await.unwrap();
+    }
+    let total = per_node * 3;
+    let mut orders = Vec::new();
+    for s in [&mut on_a, &mut on_b, &mut on_c] {
+        let mut got = Vec::new();
+        let mut mine = 0;
+        while got.len() < total {
+            let e = s.next_event().await;
+            if e.event == "message" {
+                let m: Value = serde_json::from_str(&e.data).unwrap();
+                if m["me"] == true {
+                    mine += 1;
+                    assert!(
+                        m["text"].as_str().unwrap().starts_with("n0-"),
+                        "me only for alice's"
+                    );
+                }
+                got.push((
+                    e.last_event_id.parse::<u64>().unwrap(),
+                    m["text"].as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+        assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "increasing ids");
+        assert_eq!(
+            got.iter().map(|g| &g.1).collect::<HashSet<_>>().len(),
+            total,
+            "each once"
+        );
+        orders.push((got, mine));
+    }
+    assert_eq!(orders[0].0, orders[1].0, "same order on every node");
+    assert_eq!(orders[1].0, orders[2].0);
+    assert_eq!(
+        orders[0].1, per_node,
+        "alice's stream tags her messages me, across nodes"
+    );
+    assert_eq!(orders[1].1, 0);
+    // Long-poll on another node sees the history too.
+    let v: Value = reqwest::get(nodes[2].url("/chat/messages?room=x&limit=500"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["messages"].as_array().unwrap().len(), total);
+    drop(on_b);
+    let leave = on_a.until("leave").await;
+    let v: Value = serde_json::from_str(&leave.data).unwrap();
+    assert_eq!(v, json!({"name":"bob","online":2}));
+}
+
+#[tokio::test]
+async fn a_subscriber_fails_over_to_another_node_without_loss_or_duplicates() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let mut a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let t = token();
+    let (mut s, _) = subscribe(&a, "room=f").await;
+    let mut seen = Vec::new();
+    for i in 0..10 {
+        post(&b, &t, "f", &format!("m{i}")).await;
+    }
+    while seen.len() < 10 {
+        seen.push(s.expect("message").await.last_event_id);
+    }
+    a.kill9();
+    for i in 10..20 {
+        assert_eq!(post(&b, &t, "f", &format!("m{i}")).await.status(), 201);
+    }
+    let res = reqwest::Client::new()
+        .get(b.url("/chat/events?room=f"))
+        .header("last-event-id", seen.last().unwrap().as_str())
+        .send()
+        .await
+        .unwrap();
+    let mut s = SseClient::new(res);
+    s.expect("hello").await;
+    let mut texts = Vec::new();
+    while texts.len() < 10 {
+        let m: Value = serde_json::from_str(&s.expect("message").await.data).unwrap();
+        texts.push(m["text"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(texts, (10..20).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    let marker = post(&b, &t, "f", "marker")
+        .await
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(
+        s.expect("message").await.last_event_id,
+        marker["id"].as_str().unwrap(),
+        "nothing doubled"
+    );
+}
+
+#[tokio::test]
+async fn online_counts_heal_after_a_node_is_killed() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let mut a = node(&redis, &["--node-ttl", "2"]);
+    let b = node(&redis, &["--node-ttl", "2"]);
+    let (_on_a, _) = subscribe(&a, "room=h&name=ghost").await;
+    let (mut on_b, hello) = subscribe(&b, "room=h&name=watcher").await;
+    assert_eq!(hello["online"], 2);
+    a.kill9();
+    // Within the TTL plus a heartbeat, b reaps a and says the ghost left.
+    let leave = on_b.until("leave").await;
+    let v: Value = serde_json::from_str(&leave.data).unwrap();
+    assert_eq!(v, json!({"name":"ghost","online":1}));
+    let (_again, hello) = subscribe(&b, "room=h&name=third").await;
+    assert_eq!(hello["online"], 2);
+}
+
+#[tokio::test]
+async fn redis_restarted_under_load_loses_nothing_acknowledged() {
+    let Some(mut redis) = Redis::start(true) else {
+        return;
+    };
+    let a = node(&redis, &["--history", "100000"]);
+    let b = node(&redis, &["--history", "100000"]);
+    let (mut s, _) = subscribe(&b, "room=r").await;
+    let poster = {
+        let url = a.url("/chat/messages");
+        tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let t = token();
+            let (mut acked, mut refused) = (Vec::new(), 0);
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(4) || acked.len() < 50 {
+                let text = format!("k{}", acked.len() + refused);
+                let r = http
+                    .post(&url)
+                    .header("x-chat-client", &t)
+                    .json(&json!({"room":"r","text":text}))
+                    .send()
+                    .await
+                    .unwrap();
+                match r.status().as_u16() {
+                    201 => acked.push(
+                        r.json::<Value>().await.unwrap()["id"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned(),
+                    ),
+                    503 => refused += 1,
+                    other => panic!("unexpected status {other}"),
+                }
+                assert!(started.elapsed() < Duration::from_secs(30), "bounded");
+            }
+            (acked, refused)
+        })
+    };
+    // Let some posts through, then bounce Redis in the middle of the load.
+    let deadline = Instant::now() + WAIT;
+    let mut live = Vec::new();
+    while live.len() < 5 {
+        assert!(Instant::now() < deadline);
+        live.push(s.expect("message").await.last_event_id);
+    }
+    redis.restart();
+    let (acked, refused) = poster.await.unwrap();
+    eprintln!(
+        "acknowledged {}, refused with 503 while Redis was away: {refused}",
+        acked.len()
+    );
+    // Every acknowledged message is in the history...
+    let mut stored = HashSet::new();
+    let mut since = "0".to_owned();
+    loop {
+        let url = b.url(&format!("/chat/messages?room=r&limit=500&since={since}"));
+        let v: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        let page = v["messages"].as_array().unwrap();
+        if page.is_empty() {
+            break;
+        }
+        stored.extend(page.iter().map(|m| m["id"].as_str().unwrap().to_owned()));
+        since = v["last_id"].as_str().unwrap().to_owned();
+    }
+    for id in &acked {
+        assert!(stored.contains(id), "acknowledged {id} is stored");
+    }
+    // ...and the open stream, which stayed open, delivers all of them once.
+    let mut got: Vec<String> = live;
+    let want: HashSet<&String> = acked.iter().collect();
+    while !want.iter().all(|id| got.contains(id)) {
+        let e = s.next_event().await;
+        if e.event == "message" {
+            assert!(!got.contains(&e.last_event_id), "no duplicate");
+            got.push(e.last_event_id);
+        }
+    }
+    let health = reqwest::get(b.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[test]
+fn a_node_without_redis_fails_to_start_clearly() {
+    let port = free_port();
+    let (code, err) =
+        crate::helpers::binary_fails(&["--redis", &format!("redis://127.0.0.1:{port}/")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach Redis"), "{err}");
+}
