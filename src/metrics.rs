@@ -61,7 +61,7 @@ impl Default for Metrics {
         );
         registry.register(
             "events_delivered",
-            "Events (messages, join/leave) handed to SSE streams",
+            "Events (messages, join/leave) fanned out to open streams",
             events_delivered_total.clone(),
         );
         registry.register(

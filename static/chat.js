@@ -110,7 +110,7 @@
   }
   function renderPending(item) {
     const li = node('li', 'msg me pending');
-    li.dataset.status = 'sending…';
+    li.dataset.status = 'queued';
     return buildMsg(li, item.t, 'me', item.text);
   }
 
@@ -357,7 +357,7 @@
           if (item.el) item.el.dataset.status = 'not sent yet, will retry…';
           showError(navigator.onLine === false
             ? 'You are offline. Your messages will be sent when the connection is back.'
-            : 'Network error. Retrying…');
+            : 'Cannot reach the server. Your messages will be sent when it answers again.');
           await sleep(jitter(delay));
           delay = Math.min(delay * 2, 30000);
           continue;
@@ -462,6 +462,7 @@
   let es = null;
   let probe = null;
   let sseErrors = 0;
+  let failures = 0; // failed connection attempts since the last success (shown to tests)
   let reopenDelay = 1000;
   let reopenTimer = 0;
   let probeTimer = 0;
@@ -545,6 +546,7 @@
       }
       dispatch('hello', parse(e.data), true);
       setState('connected');
+      serverBack();
       if (!lastSeenId) catchUp(true);
     });
     ['message', 'join', 'leave'].forEach((type) => {
@@ -554,21 +556,48 @@
       if (!live()) return;
       if (src === probe) { giveUp(); return; }
       helloSeen = false;
-      if (navigator.onLine !== false) sseErrors++;
-      if (sseErrors >= 3) { giveUp(); return; }
+      failures++;
       setState('reconnecting');
-      // The browser retries by itself; if that attempt hangs, stop waiting for it eventually.
       clearTimeout(timer);
-      timer = setTimeout(check, 30000);
-      if (src.readyState === 2 /* CLOSED: the browser will not retry by itself */) {
-        clearTimeout(timer);
+      if (src.readyState === 2 /* CLOSED: an HTTP error or a wrong content type; no retry by itself */) {
         src.close();
         es = null;
         clearTimeout(reopenTimer);
         reopenTimer = setTimeout(() => { if (isLeader && mode === 'sse' && !es) openSource(false); }, jitter(reopenDelay));
         reopenDelay = Math.min(reopenDelay * 2, 30000);
+      } else {
+        // The browser retries by itself; if that attempt hangs, stop waiting for it eventually.
+        timer = setTimeout(check, 30000);
       }
+      blameSse();
     };
+  }
+
+  // A failed stream counts against SSE only if the server answers plain requests meanwhile:
+  // while it is down (a restart) long-poll would do no better, and the stream resumes by
+  // itself once it is back. Repeated failures with the server up mean something in between
+  // (a proxy) breaks SSE: switch to long-poll.
+  let blaming = false;
+  function blameSse() {
+    if (blaming || navigator.onLine === false) return;
+    blaming = true;
+    reachable().then((up) => {
+      blaming = false;
+      if (up && isLeader && mode === 'sse' && ++sseErrors >= 3) startFallback();
+    });
+  }
+  function reachable() {
+    const ctrl = new AbortController();
+    const t = setTimeout(() => ctrl.abort(), 5000);
+    return fetch('/healthz', { cache: 'no-store', credentials: 'same-origin', signal: ctrl.signal })
+      .then((r) => r.ok, () => false)
+      .finally(() => clearTimeout(t));
+  }
+
+  // The server answers again: whatever waits to be sent goes now, not after its backoff.
+  function serverBack() {
+    failures = 0;
+    if (queue.length) { wakeAll(); pump(); }
   }
 
   function startFallback() {
@@ -605,6 +634,7 @@
         const j = await r.json();
         if (gen !== pollGen) return;
         setState('fallback');
+        if (failures) serverBack();
         const msgs = j && Array.isArray(j.messages) ? j.messages : [];
         got = msgs.length;
         msgs.forEach((m) => dispatch('message', m, true));
@@ -619,6 +649,7 @@
       }
       if (gen !== pollGen) return;
       if (failed) {
+        failures++;
         setState('reconnecting');
         await sleep(jitter(delay));
         delay = Math.min(delay * 2, 10000);
@@ -780,5 +811,6 @@
     get mode() { return mode; },
     get lastSeenId() { return lastSeenId; },
     get queue() { return queue.map((q) => ({ cid: q.cid, text: q.text })); },
+    get failures() { return failures; },
   };
 })();

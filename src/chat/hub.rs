@@ -166,12 +166,8 @@ impl Hub {
             match self.shared.cluster.get() {
                 Some(cluster) => cluster_online = Some(cluster.join(room, client, name)),
                 None => {
-                    let _ = r.tx.send(Arc::new(Event::presence(
-                        PresenceKind::Join,
-                        name,
-                        online,
-                        client,
-                    )));
+                    let event = Event::presence(PresenceKind::Join, name, online, client);
+                    self.sent(&r.tx, Arc::new(event));
                 }
             }
         }
@@ -241,12 +237,8 @@ impl Hub {
                             cluster.leave(room, client);
                         } else {
                             let online = r.presence.len();
-                            let _ = r.tx.send(Arc::new(Event::presence(
-                                PresenceKind::Leave,
-                                &name,
-                                online,
-                                client,
-                            )));
+                            let event = Event::presence(PresenceKind::Leave, &name, online, client);
+                            self.sent(&r.tx, Arc::new(event));
                         }
                     }
                 }
@@ -273,8 +265,24 @@ impl Hub {
         let state = self.lock();
         for (room, event) in events {
             if let Some(r) = state.rooms.get(&room) {
-                let _ = r.tx.send(event);
+                self.sent(&r.tx, event);
             }
+        }
+    }
+
+    /// Counts an event fanned out to `n` receivers. Counting here, once per
+    /// event, keeps atomic increments off the per-subscriber path.
+    /// Bytes are counted as the common (JSON, not-me) rendering.
+    fn sent(&self, tx: &broadcast::Sender<Arc<Event>>, event: Arc<Event>) {
+        let len = match &*event {
+            Event::Message(m) => m.common_len(),
+            Event::Presence { json, .. } => json.len(),
+            _ => 0,
+        } as u64;
+        if let Ok(n) = tx.send(event) {
+            let m = &self.shared.metrics;
+            m.events_delivered_total.inc_by(n as u64);
+            m.bytes_sent_total.inc_by(n as u64 * len);
         }
     }
 
@@ -282,7 +290,7 @@ impl Hub {
     pub fn broadcast(&self, room: &RoomName, event: Event) {
         let state = self.lock();
         if let Some(r) = state.rooms.get(room) {
-            let _ = r.tx.send(Arc::new(event));
+            self.sent(&r.tx, Arc::new(event));
         }
     }
 

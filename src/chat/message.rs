@@ -113,6 +113,11 @@ impl MessageFrames {
         }
     }
 
+    /// Length of the rendering most viewers get.
+    pub fn common_len(&self) -> usize {
+        self.json_other.len()
+    }
+
     /// The bytes for a viewer: shared, never re-encoded.
     pub fn frame_for(&self, viewer: Option<ClientId>, format: Format) -> &Bytes {
         let me = viewer == Some(self.message.sender);

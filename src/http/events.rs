@@ -55,11 +55,7 @@ impl Drop for DisconnectLog {
 async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
     let mut q = Fields::parse(ctx.query.as_bytes())?;
     let room = RoomName::parse_or_default(q.take("room")?.as_deref())?;
-    let since = q
-        .take("since")?
-        .filter(|s| !s.is_empty())
-        .map(|s| EventId::parse(&s).map_err(|e| ApiError::BadRequest(format!("since: {e}"))))
-        .transpose()?;
+    let since = q.take_event_id("since")?;
     let format = match q.take("format")?.as_deref() {
         None | Some("json") => Format::Json,
         Some("text") => Format::Text,

@@ -6,7 +6,7 @@
 //! which would store something other than what the client sent. Here both
 //! are errors, and a field given twice is an error when it is read.
 
-use crate::chat::types::Invalid;
+use crate::chat::types::{EventId, Invalid};
 
 #[derive(Debug, Default)]
 pub struct Fields(Vec<(String, String)>);
@@ -42,6 +42,16 @@ impl Fields {
             }
         }
         Ok(found)
+    }
+}
+
+impl Fields {
+    /// An optional event id (`since`): empty means absent, malformed is an error.
+    pub fn take_event_id(&mut self, key: &str) -> Result<Option<EventId>, Invalid> {
+        self.take(key)?
+            .filter(|s| !s.is_empty())
+            .map(|s| EventId::parse(&s).map_err(|e| Invalid(format!("{key}: {e}"))))
+            .transpose()
     }
 }
 

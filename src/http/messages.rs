@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::form::Fields;
 use super::{identity, json_response, AppState, Ctx};
 use crate::chat::message::{Event, MessageJson};
-use crate::chat::types::{ClientMsgId, DisplayName, EventId, MessageText, RoomName};
+use crate::chat::types::{ClientMsgId, DisplayName, MessageText, RoomName};
 use crate::limits::Refused;
 use crate::store::{Appended, NewMessage};
 
@@ -293,11 +293,7 @@ pub async fn history(state: AppState, ctx: Ctx) -> Response {
 async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiError> {
     let mut q = Fields::parse(ctx.query.as_bytes())?;
     let room = RoomName::parse_or_default(q.take("room")?.as_deref())?;
-    let since = q
-        .take("since")?
-        .filter(|s| !s.is_empty())
-        .map(|s| EventId::parse(&s).map_err(|e| ApiError::BadRequest(format!("since: {e}"))))
-        .transpose()?;
+    let since = q.take_event_id("since")?;
     let limit = match q.take("limit")? {
         None => DEFAULT_LIMIT,
         Some(s) => s

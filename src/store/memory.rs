@@ -63,14 +63,7 @@ impl Store for MemoryStore {
                 continue;
             }
             inner.last_id += 1;
-            let msg = Message {
-                id: EventId(inner.last_id),
-                room: m.room.clone(),
-                name: m.name.clone(),
-                text: m.text.clone(),
-                ts: now_ms,
-                sender: m.sender,
-            };
+            let msg = m.stored(EventId(inner.last_id), now_ms);
             if let Some(key) = key {
                 inner.keys.insert(key.clone(), (msg.id, msg.room.clone()));
                 inner.key_order.push_back(key);

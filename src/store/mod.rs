@@ -24,6 +24,20 @@ pub struct NewMessage {
     pub client_msg_id: Option<ClientMsgId>,
 }
 
+impl NewMessage {
+    /// The stored message, once the store has given it an id and a time.
+    pub fn stored(&self, id: EventId, ts: i64) -> Message {
+        Message {
+            id,
+            room: self.room.clone(),
+            name: self.name.clone(),
+            text: self.text.clone(),
+            ts,
+            sender: self.sender,
+        }
+    }
+}
+
 /// What became of one appended message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Appended {

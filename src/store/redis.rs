@@ -389,14 +389,7 @@ impl Store for RedisStore {
             .zip(replies)
             .map(|(m, (new, value))| {
                 if new == 1 {
-                    Appended::New(Message {
-                        id: EventId(value.parse().unwrap_or(0)),
-                        room: m.room.clone(),
-                        name: m.name.clone(),
-                        text: m.text.clone(),
-                        ts: now_ms,
-                        sender: m.sender,
-                    })
+                    Appended::New(m.stored(EventId(value.parse().unwrap_or(0)), now_ms))
                 } else {
                     let (id, room) = value.split_once(' ').unwrap_or((&value, ""));
                     Appended::Duplicate {

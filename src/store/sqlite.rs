@@ -286,14 +286,7 @@ impl Store for SqliteStore {
                         .execute(params![&sender[..], key.as_str(), id, m.room.as_str()])
                         .map_err(unavailable)?;
                 }
-                out.push(Appended::New(Message {
-                    id: EventId(id as u64),
-                    room: m.room.clone(),
-                    name: m.name.clone(),
-                    text: m.text.clone(),
-                    ts: now_ms,
-                    sender: m.sender,
-                }));
+                out.push(Appended::New(m.stored(EventId(id as u64), now_ms)));
             }
         }
         tx.commit().map_err(unavailable)?;

@@ -3,8 +3,10 @@
 mod helpers;
 
 mod abuse;
+mod browser;
 mod cluster;
 mod durability;
+mod external;
 mod history;
 mod ops;
 mod pages;
