@@ -80,7 +80,7 @@ pub struct Config {
 
     /// Events a stream may fall behind before it is disconnected (it then
     /// catches up by reconnecting with Last-Event-ID).
-    #[arg(long, env = "SSECHAT_STREAM_BUFFER", default_value_t = 1024)]
+    #[arg(long, env = "SSECHAT_STREAM_BUFFER", default_value_t = 256)]
     pub stream_buffer: usize,
 
     /// Seconds a connection may refuse to take our writes (its reader has

@@ -163,7 +163,9 @@ impl Application {
 
         tracker.spawn(background(chat.clone(), config.clone(), cancel.clone()));
 
-        let svc = warp::service(routes(state));
+        // One copy of the route tree, shared: each connection holds an Arc,
+        // each request clones the tree only for as long as it runs.
+        let svc = Arc::new(warp::service(routes(state)));
         let mut shutdown = std::pin::pin!(shutdown);
         tracing::info!(%addr, db = %config.db, "listening on http://{addr}/");
         loop {
@@ -194,7 +196,9 @@ impl Application {
                 let service =
                     hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
                         req.extensions_mut().insert(PeerAddr(peer));
-                        svc.clone().call(req)
+                        // Boxed: hyper keeps a box the size of this future for
+                        // the connection's whole life; a pointer is all it needs.
+                        Box::pin((*svc).clone().call(req))
                     });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())

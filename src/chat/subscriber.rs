@@ -5,24 +5,24 @@
 //! covered it, pick the pre-encoded bytes for this viewer. No encoding, no
 //! allocation, no lock.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
-use super::hub::Subscription;
+use super::hub::{Subscription, SubscriptionGuard};
 use super::message::{self, Event, Format};
 use super::types::{ClientId, EventId};
 use crate::metrics::Metrics;
 
-pub struct EventStream {
-    prelude: VecDeque<Bytes>,
+pub struct EventStream<G> {
+    /// Sent before live events; dropped (with its buffer) once sent.
+    prelude: Option<std::vec::IntoIter<Bytes>>,
     rx: BroadcastStream<Arc<Event>>,
     viewer: ClientId,
     format: Format,
@@ -33,10 +33,11 @@ pub struct EventStream {
     retry_ms: u64,
     metrics: Arc<Metrics>,
     /// Dropped with the stream: presence, permits, the disconnect log line.
-    _guards: Box<dyn Send + Sync>,
+    /// (Held inline: the stream is boxed once by the HTTP layer already.)
+    _guards: (SubscriptionGuard, G),
 }
 
-impl EventStream {
+impl<G> EventStream<G> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         sub: Subscription,
@@ -46,11 +47,11 @@ impl EventStream {
         last_id: Option<EventId>,
         retry_ms: u64,
         metrics: Arc<Metrics>,
-        guards: Box<dyn Send + Sync>,
+        guards: G,
     ) -> Self {
         let Subscription { rx, guard, .. } = sub;
         EventStream {
-            prelude: prelude.into(),
+            prelude: Some(prelude.into_iter()),
             rx: BroadcastStream::new(rx),
             viewer,
             format,
@@ -58,59 +59,92 @@ impl EventStream {
             done: false,
             retry_ms,
             metrics,
-            _guards: Box::new((guard, guards)),
+            _guards: (guard, guards),
         }
-    }
-
-    fn deliver(&self, bytes: &Bytes) -> Bytes {
-        bytes.clone()
     }
 }
 
-impl Stream for EventStream {
-    type Item = Result<Bytes, Infallible>;
+/// When several events are ready at once, up to this many bytes of them
+/// go out as one chunk: one pass through hyper and one `writev` entry
+/// instead of one per event. A single ready event is passed on as the
+/// shared bytes, uncopied.
+const BATCH_BYTES: usize = 16 * 1024;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        if let Some(b) = this.prelude.pop_front() {
-            this.metrics.bytes_sent_total.inc_by(b.len() as u64);
-            return Poll::Ready(Some(Ok(b)));
-        }
-        if this.done {
+impl<G> EventStream<G> {
+    /// The next frame this stream should send, skipping what it must not.
+    fn next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        if self.done {
             return Poll::Ready(None);
         }
         loop {
-            let event = match Pin::new(&mut this.rx).poll_next(cx) {
+            let event = match Pin::new(&mut self.rx).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
-                    this.done = true;
-                    this.metrics.subscribers_dropped_total.inc();
+                    self.done = true;
+                    self.metrics.subscribers_dropped_total.inc();
                     tracing::warn!(missed, "slow subscriber disconnected");
-                    return Poll::Ready(Some(Ok(message::lagged_frame(missed))));
+                    return Poll::Ready(Some(message::lagged_frame(missed)));
                 }
                 Poll::Ready(Some(Ok(event))) => event,
             };
             let bytes = match &*event {
                 Event::Message(m) => {
-                    if this.last_id.is_some_and(|last| m.message.id <= last) {
+                    if self.last_id.is_some_and(|last| m.message.id <= last) {
                         continue;
                     }
-                    this.last_id = Some(m.message.id);
-                    this.deliver(m.frame_for(Some(this.viewer), this.format))
+                    self.last_id = Some(m.message.id);
+                    m.frame_for(Some(self.viewer), self.format).clone()
                 }
-                Event::Presence { about, .. } if *about == this.viewer => continue,
-                Event::Presence { json, text, .. } => this.deliver(match this.format {
-                    Format::Json => json,
-                    Format::Text => text,
-                }),
+                Event::Presence { about, .. } if *about == self.viewer => continue,
+                Event::Presence { json, text, .. } => match self.format {
+                    Format::Json => json.clone(),
+                    Format::Text => text.clone(),
+                },
                 Event::Keepalive => message::keepalive_frame(),
                 Event::Shutdown => {
-                    this.done = true;
-                    message::shutdown_frame(this.retry_ms)
+                    self.done = true;
+                    message::shutdown_frame(self.retry_ms)
                 }
             };
-            return Poll::Ready(Some(Ok(bytes)));
+            return Poll::Ready(Some(bytes));
         }
+    }
+}
+
+impl<G: Unpin> Stream for EventStream<G> {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if let Some(prelude) = &mut this.prelude {
+            if let Some(b) = prelude.next() {
+                this.metrics.bytes_sent_total.inc_by(b.len() as u64);
+                return Poll::Ready(Some(Ok(b)));
+            }
+            this.prelude = None;
+        }
+        let first = match this.next_frame(cx) {
+            Poll::Ready(Some(b)) => b,
+            other => return other.map(|o| o.map(Ok)),
+        };
+        let mut batch: Option<BytesMut> = None;
+        while batch.as_ref().map_or(first.len(), BytesMut::len) < BATCH_BYTES {
+            match this.next_frame(cx) {
+                Poll::Ready(Some(more)) => {
+                    batch
+                        .get_or_insert_with(|| {
+                            let mut b = BytesMut::with_capacity(BATCH_BYTES.min(8 * first.len()));
+                            b.extend_from_slice(&first);
+                            b
+                        })
+                        .extend_from_slice(&more);
+                }
+                // Nothing more now (the waker is registered) or the end:
+                // send what we have; the next poll sees the end again.
+                _ => break,
+            }
+        }
+        Poll::Ready(Some(Ok(batch.map_or(first, BytesMut::freeze))))
     }
 }

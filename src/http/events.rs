@@ -137,7 +137,7 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
         last_id,
         state.config.retry_ms,
         hub.metrics().clone(),
-        Box::new((permit, log)),
+        (permit, log),
     );
     let mut res = warp::reply::stream(body).into_response();
     let h = res.headers_mut();
