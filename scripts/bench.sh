@@ -7,6 +7,7 @@
 # Environment:
 #   SCENARIOS="1 2 3 4 5"  which scenarios to run
 #   ROUNDS=3               runs per server and scenario (QUICK: 1)
+#   FANOUT_DB=:memory:     in-memory store for scenarios 1-3 (default: SQLite)
 #   QUICK=1                small numbers, finishes in well under a minute
 #   SKIP_BUILD=1           use the binaries already in $BIN_DIR
 #   BIN_DIR=target/release where the binaries are
@@ -222,7 +223,10 @@ run_pair() { # SCENARIO TIMEOUT ARGS... (both servers, interleaved)
     shift 2
     for round in $(seq 1 "$ROUNDS"); do
         for kind in ssechat reference; do
-            if start_server "$kind"; then
+            # ssechat runs as shipped: history in a fresh SQLite file
+            # (FANOUT_DB=:memory: for the in-memory store).
+            rm -f "$WORK/fanout.db"*
+            if start_server "$kind" "${FANOUT_DB:-$WORK/fanout.db}"; then
                 log "scenario $s round $round: $kind"
                 bench "$s" "$kind" "$round" "$t" "$@" >/dev/null
             else

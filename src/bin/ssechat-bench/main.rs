@@ -48,6 +48,11 @@ struct Args {
     #[arg(long, default_value = "http://127.0.0.1:3000")]
     url: String,
 
+    /// Post to this server instead of `--url` (loopback only): subscribe on
+    /// one cluster node, post to another, to measure cross-node delivery.
+    #[arg(long)]
+    post_url: Option<String>,
+
     /// SSE subscribers to open.
     #[arg(long, default_value_t = 100)]
     subscribers: usize,
@@ -150,6 +155,8 @@ fn now_ns() -> u64 {
 /// State shared by the subscribers, the posters and the conductor.
 struct Shared {
     target: Target,
+    /// Where posters post (`--post-url`, else `target`).
+    post_target: Target,
     mode: Mode,
     room: String,
     rooms: usize,
@@ -433,7 +440,7 @@ enum Source {
 }
 
 async fn poster(sh: Arc<Shared>, source: Source, mut stop: watch::Receiver<bool>) -> Vec<u32> {
-    let mut conn = Conn::new(sh.target.clone());
+    let mut conn = Conn::new(sh.post_target.clone());
     let mut rtts = Vec::new();
     loop {
         let seq = match &source {
@@ -731,8 +738,13 @@ async fn run(args: &Args, target: Target) -> Report {
         fatal(format!("no 200 from http://{}/healthz", target.host));
     }
     let run_id = (now_ns() as u32 ^ std::process::id().rotate_left(16)) % 1_000_000_000;
+    let post_target = match &args.post_url {
+        Some(u) => Target::parse(u).unwrap_or_else(|e| fatal(e)),
+        None => target.clone(),
+    };
     let sh = Arc::new(Shared {
         target: target.clone(),
+        post_target,
         mode: args.mode,
         room: args.room.clone(),
         rooms: args.rooms.max(1),
