@@ -250,22 +250,24 @@ impl Hub {
     }
 
     /// Delivers stored messages, in the order given (which must be id order
-    /// per room: the single writer guarantees it).
+    /// per room: the single writer guarantees it). The messages of one room
+    /// in one call travel as one event: each subscriber then wakes once and
+    /// writes them with one `writev`, instead of once per message.
     pub fn publish(&self, messages: Vec<Message>) {
         // Encode outside the lock: the lock only covers the sends.
-        let events: Vec<(RoomName, Arc<Event>)> = messages
-            .into_iter()
-            .map(|m| {
-                (
-                    m.room.clone(),
-                    Arc::new(Event::Message(MessageFrames::new(m))),
-                )
-            })
-            .collect();
+        let mut by_room: Vec<(RoomName, Vec<MessageFrames>)> = Vec::new();
+        for m in messages {
+            let frames = MessageFrames::new(m);
+            let room = &frames.message.room;
+            match by_room.iter_mut().find(|(r, _)| r == room) {
+                Some((_, list)) => list.push(frames),
+                None => by_room.push((room.clone(), vec![frames])),
+            }
+        }
         let state = self.lock();
-        for (room, event) in events {
+        for (room, list) in by_room {
             if let Some(r) = state.rooms.get(&room) {
-                self.sent(&r.tx, event);
+                self.sent(&r.tx, Arc::new(Event::Messages(list)));
             }
         }
     }
@@ -274,15 +276,15 @@ impl Hub {
     /// event, keeps atomic increments off the per-subscriber path.
     /// Bytes are counted as the common (JSON, not-me) rendering.
     fn sent(&self, tx: &broadcast::Sender<Arc<Event>>, event: Arc<Event>) {
-        let len = match &*event {
-            Event::Message(m) => m.common_len(),
-            Event::Presence { json, .. } => json.len(),
-            _ => 0,
-        } as u64;
+        let (events, len) = match &*event {
+            Event::Messages(list) => (list.len(), list.iter().map(MessageFrames::common_len).sum()),
+            Event::Presence { json, .. } => (1, json.len()),
+            _ => (0, 0),
+        };
         if let Ok(n) = tx.send(event) {
             let m = &self.shared.metrics;
-            m.events_delivered_total.inc_by(n as u64);
-            m.bytes_sent_total.inc_by(n as u64 * len);
+            m.events_delivered_total.inc_by((n * events) as u64);
+            m.bytes_sent_total.inc_by((n * len) as u64);
         }
     }
 

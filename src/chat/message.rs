@@ -77,7 +77,8 @@ pub enum Format {
 /// What travels through a room's broadcast channel.
 #[derive(Debug)]
 pub enum Event {
-    Message(MessageFrames),
+    /// Messages of one room, in id order, published together.
+    Messages(Vec<MessageFrames>),
     /// A join or leave: the same bytes for everyone in each format. Not
     /// shown to the client it is about (its own streams know it is here).
     Presence {

@@ -89,12 +89,34 @@ impl<G> EventStream<G> {
                 Poll::Ready(Some(Ok(event))) => event,
             };
             let bytes = match &*event {
-                Event::Message(m) => {
-                    if self.last_id.is_some_and(|last| m.message.id <= last) {
-                        continue;
+                Event::Messages(list) => {
+                    // One message: its shared bytes. Several: one chunk.
+                    let mut one: Option<&Bytes> = None;
+                    let mut many: Option<BytesMut> = None;
+                    for m in list {
+                        if self.last_id.is_some_and(|last| m.message.id <= last) {
+                            continue;
+                        }
+                        self.last_id = Some(m.message.id);
+                        let frame = m.frame_for(Some(self.viewer), self.format);
+                        match (&mut many, one.take()) {
+                            (Some(buf), _) => buf.extend_from_slice(frame),
+                            (None, Some(first)) => {
+                                let mut buf = BytesMut::with_capacity(
+                                    (first.len() + frame.len()) * list.len(),
+                                );
+                                buf.extend_from_slice(first);
+                                buf.extend_from_slice(frame);
+                                many = Some(buf);
+                            }
+                            (None, None) => one = Some(frame),
+                        }
                     }
-                    self.last_id = Some(m.message.id);
-                    m.frame_for(Some(self.viewer), self.format).clone()
+                    match (many, one) {
+                        (Some(buf), _) => buf.freeze(),
+                        (None, Some(frame)) => frame.clone(),
+                        (None, None) => continue,
+                    }
                 }
                 Event::Presence { about, .. } if *about == self.viewer => continue,
                 Event::Presence { json, text, .. } => match self.format {
@@ -146,5 +168,63 @@ impl<G: Unpin> Stream for EventStream<G> {
             }
         }
         Poll::Ready(Some(Ok(batch.map_or(first, BytesMut::freeze))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chat::hub::Hub;
+    use crate::chat::message::Message;
+    use crate::chat::types::{DisplayName, RoomName};
+    use crate::sse::{Item, Parser};
+    use futures_util::StreamExt;
+
+    fn msg(id: u64, sender: u128) -> Message {
+        Message {
+            id: EventId(id),
+            room: RoomName::lobby(),
+            name: DisplayName::parse("n").unwrap(),
+            text: format!("t{id}"),
+            ts: 0,
+            sender: ClientId(sender),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_published_batch_arrives_as_one_chunk_without_replayed_ids() {
+        let hub = Hub::new(16, Arc::new(Metrics::default()));
+        let sub = hub
+            .open_stream(
+                &RoomName::lobby(),
+                ClientId(1),
+                &DisplayName::parse("me").unwrap(),
+            )
+            .unwrap();
+        // The client already has id 1 (say from replay).
+        let mut s = EventStream::new(
+            sub,
+            Vec::new(),
+            ClientId(1),
+            Format::Text,
+            Some(EventId(1)),
+            1000,
+            hub.metrics().clone(),
+            (),
+        );
+        hub.publish(vec![msg(1, 2), msg(2, 1), msg(3, 2)]);
+        let chunk = s.next().await.unwrap().unwrap();
+        let events: Vec<(String, String)> = Parser::new()
+            .feed(&chunk)
+            .into_iter()
+            .filter_map(|i| match i {
+                Item::Event(e) => Some((e.last_event_id, e.data)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            events,
+            [("2".into(), "me: t2".into()), ("3".into(), "n: t3".into())]
+        );
     }
 }

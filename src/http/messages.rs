@@ -339,7 +339,7 @@ async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiErro
                 match tokio::time::timeout_at(deadline, sub.rx.recv()).await {
                     Err(_) => break false,
                     Ok(Ok(ev)) => match &*ev {
-                        Event::Message(_) => break true,
+                        Event::Messages(_) => break true,
                         Event::Shutdown => break false,
                         _ => continue,
                     },
