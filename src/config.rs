@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+use crate::store::sqlite::Durability;
+
 /// ssechat: a chat server. Receive over Server-Sent Events
 /// (`GET /chat/events`), send with plain HTTP POST (`POST /chat/messages`).
 ///
@@ -24,6 +26,13 @@ pub struct Config {
     /// memory only (lost on restart).
     #[arg(long, env = "SSECHAT_DB", default_value = "./ssechat.db")]
     pub db: String,
+
+    /// How a SQLite commit waits for the disk: `full` (fsync per commit: an
+    /// acknowledged message survives a power loss) or `normal` (no fsync per
+    /// commit: survives the process being killed, not the machine crashing;
+    /// lower latency).
+    #[arg(long, env = "SSECHAT_DB_SYNC", value_enum, default_value_t = Durability::Full)]
+    pub db_sync: Durability,
 
     /// Messages kept per room (older ones are pruned).
     #[arg(long, env = "SSECHAT_HISTORY", default_value_t = 1000)]

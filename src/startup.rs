@@ -102,7 +102,8 @@ impl Application {
                 let store: Arc<dyn Store> = match config.db_path() {
                     None => Arc::new(MemoryStore::new(config.history)),
                     Some(path) => Arc::new(
-                        SqliteStore::open(&path).map_err(|e| StartupError::Store(e.to_string()))?,
+                        SqliteStore::open_with(&path, config.db_sync)
+                            .map_err(|e| StartupError::Store(e.to_string()))?,
                     ),
                 };
                 Chat::new(hub, store)

@@ -1,4 +1,5 @@
-//! SQLite history (the default): one file, WAL mode, `synchronous=FULL`.
+//! SQLite history (the default): one file, WAL mode, `synchronous=FULL`
+//! (or NORMAL with `--db-sync normal`).
 //!
 //! Durability: the writer thread commits each batch in one transaction and
 //! only then are the messages acknowledged (201) and broadcast, so after a
@@ -26,6 +27,26 @@ use crate::chat::types::{ClientId, DisplayName, EventId, RoomName};
 /// ones are refused (they may hold data this build would misread).
 pub const SCHEMA_VERSION: i64 = 1;
 
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// `synchronous=FULL`: a 201 survives a power loss or OS crash.
+    Full,
+    /// `synchronous=NORMAL`: a 201 survives the process being killed, but
+    /// the last commits may be lost if the machine itself goes down.
+    /// Lower latency (no fsync per commit).
+    Normal,
+}
+
+impl Durability {
+    fn pragma(self) -> &'static str {
+        match self {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        }
+    }
+}
+
 /// Read connections kept open for reuse.
 const READ_POOL: usize = 4;
 
@@ -48,6 +69,7 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    durability: Durability,
     /// Held for the life of the store: a second ssechat on the same file
     /// is refused at start instead of interleaving ids with this one.
     _lock: File,
@@ -72,7 +94,7 @@ fn classify(path: &Path, e: rusqlite::Error) -> OpenError {
     }
 }
 
-fn connect(path: &Path) -> rusqlite::Result<Connection> {
+fn connect(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -80,13 +102,18 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "synchronous", durability.pragma())?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
 }
 
 impl SqliteStore {
+    /// Opens with full durability.
     pub fn open(path: &Path) -> Result<Self, OpenError> {
+        Self::open_with(path, Durability::Full)
+    }
+
+    pub fn open_with(path: &Path, durability: Durability) -> Result<Self, OpenError> {
         let lock = File::options()
             .read(true)
             .write(true)
@@ -111,7 +138,7 @@ impl SqliteStore {
                 })
             }
         }
-        let conn = connect(path).map_err(|e| classify(path, e))?;
+        let conn = connect(path, durability).map_err(|e| classify(path, e))?;
         // A short wait at start: a lock held by some other program should
         // fail the start quickly and clearly, not hang it.
         conn.busy_timeout(Duration::from_millis(1500))
@@ -147,6 +174,7 @@ impl SqliteStore {
             path: path.to_owned(),
             writer: Mutex::new(conn),
             readers: Mutex::new(Vec::new()),
+            durability,
             _lock: lock,
         })
     }
@@ -160,7 +188,7 @@ impl SqliteStore {
         let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match pooled {
             Some(c) => c,
-            None => connect(&self.path).map_err(unavailable)?,
+            None => connect(&self.path, self.durability).map_err(unavailable)?,
         };
         let result = f(&conn).map_err(unavailable);
         let mut pool = self.readers.lock().unwrap_or_else(|e| e.into_inner());

@@ -38,10 +38,19 @@ fn id_of(m: &Value) -> u64 {
 
 #[tokio::test]
 async fn every_acknowledged_message_survives_kill_9() {
+    crash_test("full").await;
+}
+
+#[tokio::test]
+async fn with_db_sync_normal_acknowledged_messages_survive_kill_9_too() {
+    crash_test("normal").await;
+}
+
+async fn crash_test(sync: &str) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("chat.db");
     let db = db.to_str().unwrap();
-    let args = ["--db", db, "--post-rate", "0", "--history", "100000"];
+    let args = ["--db", db, "--post-rate", "0", "--history", "100000", "--db-sync", sync];
     let mut server = spawn_binary(&args);
     let http = reqwest::Client::new();
     let acked: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
