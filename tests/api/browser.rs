@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use crate::external::{
     need, BrowserOpts, ChromeDriver, FixedServer, Nginx, Session, KEY_ENTER, KEY_NULL, KEY_SHIFT,
 };
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, TestApp};
 
 /// Longest wait for anything a page should show.
 const BW: Duration = Duration::from_secs(20);
@@ -513,19 +513,47 @@ async fn browser_without_javascript_the_form_posts_and_the_page_shows_it() {
 
 /* ---------------- 5. through nginx ---------------- */
 
+/// A chat page opened through an nginx of our own in front of a fresh
+/// server, once the page reached `state`. The fields keep everything alive.
+struct ThroughNginx {
+    s: Session,
+    app: TestApp,
+    _proxy: Nginx,
+    _wd: (SemaphorePermit<'static>, ChromeDriver),
+}
+
+async fn through_nginx(
+    test: &str,
+    buffering: bool,
+    room: &str,
+    state: &str,
+) -> Option<ThroughNginx> {
+    let nginx = need(test, &["nginx"])?;
+    let wd = browser(test).await?;
+    let app = spawn_app().await;
+    let proxy = Nginx::start(&nginx[0], &app.addr.to_string(), buffering).await;
+    let s = wd.1.session(BrowserOpts::default()).await;
+    open_chat(&s, &format!("{}/chat?room={room}", proxy.base)).await;
+    wait_state(&s, "page", state, BW).await;
+    Some(ThroughNginx {
+        s,
+        app,
+        _proxy: proxy,
+        _wd: wd,
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_through_nginx_defaults_messages_arrive_live_over_sse() {
-    let Some(nginx) = need("browser_through_nginx_defaults", &["nginx"]) else {
+    let Some(ThroughNginx {
+        s,
+        app,
+        _proxy,
+        _wd,
+    }) = through_nginx("browser_through_nginx_defaults", false, "b5", "connected").await
+    else {
         return;
     };
-    let Some((_p, wd)) = browser("browser_through_nginx_defaults").await else {
-        return;
-    };
-    let app = spawn_app().await;
-    let proxy = Nginx::start(&nginx[0], &app.addr.to_string(), false).await;
-    let s = wd.session(BrowserOpts::default()).await;
-    open_chat(&s, &format!("{}/chat?room=b5", proxy.base)).await;
-    wait_state(&s, "page", "connected", BW).await;
     app.send(None, "b5", "live through nginx").await;
     s.wait_js(
         "the message to arrive",
@@ -555,17 +583,15 @@ async fn browser_through_nginx_defaults_messages_arrive_live_over_sse() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_through_buffering_nginx_the_page_falls_back_to_long_poll() {
-    let Some(nginx) = need("browser_through_buffering_nginx", &["nginx"]) else {
+    let Some(ThroughNginx {
+        s,
+        app,
+        _proxy,
+        _wd,
+    }) = through_nginx("browser_through_buffering_nginx", true, "b5b", "fallback").await
+    else {
         return;
     };
-    let Some((_p, wd)) = browser("browser_through_buffering_nginx").await else {
-        return;
-    };
-    let app = spawn_app().await;
-    let proxy = Nginx::start(&nginx[0], &app.addr.to_string(), true).await;
-    let s = wd.session(BrowserOpts::default()).await;
-    open_chat(&s, &format!("{}/chat?room=b5b", proxy.base)).await;
-    wait_state(&s, "page", "fallback", BW).await;
     let status = s
         .execute(
             "return document.getElementById('status').textContent",

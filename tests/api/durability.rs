@@ -50,7 +50,16 @@ async fn crash_test(sync: &str) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("chat.db");
     let db = db.to_str().unwrap();
-    let args = ["--db", db, "--post-rate", "0", "--history", "100000", "--db-sync", sync];
+    let args = [
+        "--db",
+        db,
+        "--post-rate",
+        "0",
+        "--history",
+        "100000",
+        "--db-sync",
+        sync,
+    ];
     let mut server = spawn_binary(&args);
     let http = reqwest::Client::new();
     let acked: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
