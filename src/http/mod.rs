@@ -53,6 +53,12 @@ fn ctx() -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
         })
 }
 
+/// GET, or HEAD for the same answer without a body (hyper leaves the body
+/// out): for pages, health checks, metrics and assets, not for streams.
+fn get_or_head() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::get().or(warp::head()).unify()
+}
+
 fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Infallible> + Clone {
     warp::any().map(move || state.clone())
 }
@@ -68,12 +74,12 @@ type Handler = std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Se
 pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let s = with_state(state.clone());
     let index = warp::path::end()
-        .and(warp::get())
+        .and(get_or_head())
         .and(s.clone())
         .and(ctx())
         .then(|s, c| Box::pin(pages::index(s, c)) as Handler);
     let chat_page = warp::path!("chat")
-        .and(warp::get())
+        .and(get_or_head())
         .and(s.clone())
         .and(ctx())
         .then(|s, c| Box::pin(pages::chat(s, c)) as Handler);
@@ -94,15 +100,15 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
         .and(ctx())
         .then(|s, c| Box::pin(events::events(s, c)) as Handler);
     let healthz = warp::path!("healthz")
-        .and(warp::get())
+        .and(get_or_head())
         .and(s.clone())
         .map(ops::healthz);
     let metrics = warp::path!("metrics")
-        .and(warp::get())
+        .and(get_or_head())
         .and(s.clone())
         .map(ops::metrics);
     let assets = warp::path!("static" / String)
-        .and(warp::get())
+        .and(get_or_head())
         .and(warp::header::headers_cloned())
         .map(assets::serve);
 
