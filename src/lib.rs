@@ -7,7 +7,8 @@
 //! - [`chat`]: the domain, no HTTP: validated types, messages and their
 //!   pre-encoded frames, the live [`chat::hub::Hub`] (rooms, broadcast
 //!   channels, presence), the single writer, and the per-stream subscriber.
-//! - [`store`]: history behind a narrow trait: memory and SQLite.
+//! - [`store`]: history behind a narrow trait: memory, SQLite, and Redis
+//!   (cluster mode: history, ids, presence and fan-out between nodes).
 //! - [`http`]: the warp layer: pages, messages (POST, history, long-poll),
 //!   events (SSE), identity, assets, ops, errors.
 //! - [`sse`]: the SSE encoder and an EventSource-rules parser.
