@@ -398,3 +398,48 @@ fn a_node_without_redis_fails_to_start_clearly() {
     assert_eq!(code, 1);
     assert!(err.contains("cannot reach Redis"), "{err}");
 }
+
+#[tokio::test]
+async fn a_long_poll_on_one_node_is_released_by_a_post_on_another() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let t = token();
+    let first: Value = post(&a, &t, "lp", "first").await.json().await.unwrap();
+    let since = first["id"].as_str().unwrap().to_owned();
+    let url = b.url(&format!("/chat/messages?room=lp&since={since}&wait=20"));
+    let started = Instant::now();
+    let poll = tokio::spawn(async move {
+        reqwest::get(url)
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    // Post on A once B's long-poll is waiting.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let m = reqwest::get(b.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.lines().any(|l| l == "ssechat_long_polls 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the long-poll never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second: Value = post(&a, &t, "lp", "second").await.json().await.unwrap();
+    let v = tokio::time::timeout(WAIT, poll)
+        .await
+        .expect("released")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert_eq!(v["messages"][0]["text"], "second");
+    assert_eq!(v["last_id"], second["id"]);
+}
