@@ -7,6 +7,7 @@
 //! the connection, and the stream's guards give back its place. The timer
 //! exists only while a write is blocked, so idle connections pay nothing.
 
+use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -76,8 +77,6 @@ impl<T> StallTimeout<T> {
         }
     }
 }
-
-use std::future::Future as _;
 
 impl<T: AsyncRead + Unpin> AsyncRead for StallTimeout<T> {
     fn poll_read(

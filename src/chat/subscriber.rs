@@ -90,32 +90,22 @@ impl<G> EventStream<G> {
             };
             let bytes = match &*event {
                 Event::Messages(list) => {
-                    // One message: its shared bytes. Several: one chunk.
-                    let mut one: Option<&Bytes> = None;
-                    let mut many: Option<BytesMut> = None;
-                    for m in list {
-                        if self.last_id.is_some_and(|last| m.message.id <= last) {
-                            continue;
-                        }
-                        self.last_id = Some(m.message.id);
-                        let frame = m.frame_for(Some(self.viewer), self.format);
-                        match (&mut many, one.take()) {
-                            (Some(buf), _) => buf.extend_from_slice(frame),
-                            (None, Some(first)) => {
-                                let mut buf = BytesMut::with_capacity(
-                                    (first.len() + frame.len()) * list.len(),
-                                );
-                                buf.extend_from_slice(first);
-                                buf.extend_from_slice(frame);
-                                many = Some(buf);
-                            }
-                            (None, None) => one = Some(frame),
-                        }
-                    }
-                    match (many, one) {
-                        (Some(buf), _) => buf.freeze(),
-                        (None, Some(frame)) => frame.clone(),
-                        (None, None) => continue,
+                    // Ids increase within a batch, so what replay already
+                    // sent is a prefix.
+                    let last = self.last_id;
+                    let fresh =
+                        &list[list.partition_point(|m| last.is_some_and(|l| m.message.id <= l))..];
+                    let Some(newest) = fresh.last() else { continue };
+                    self.last_id = Some(newest.message.id);
+                    let (viewer, format) = (Some(self.viewer), self.format);
+                    if let [one] = fresh {
+                        one.frame_for(viewer, format).clone()
+                    } else {
+                        // Several: one chunk, sized exactly.
+                        let frames = || fresh.iter().map(|m| m.frame_for(viewer, format));
+                        let mut buf = BytesMut::with_capacity(frames().map(Bytes::len).sum());
+                        frames().for_each(|f| buf.extend_from_slice(f));
+                        buf.freeze()
                     }
                 }
                 Event::Presence { about, .. } if *about == self.viewer => continue,

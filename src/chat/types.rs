@@ -154,6 +154,21 @@ impl EventId {
     }
 }
 
+impl EventId {
+    /// An id a client may leave empty (`since=`, `Last-Event-ID:`): empty
+    /// means none; anything else must parse. `what` names the field in the
+    /// error.
+    pub fn parse_optional(s: &str, what: &str) -> Result<Option<Self>, Invalid> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Ok(None);
+        }
+        EventId::parse(s)
+            .map(Some)
+            .map_err(|e| invalid(format!("{what}: {e}")))
+    }
+}
+
 impl fmt::Display for EventId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
@@ -191,13 +206,7 @@ impl ClientToken {
 
     /// A fresh token: 160 random bits, hex encoded.
     pub fn mint() -> Self {
-        let mut raw = [0u8; 20];
-        getrandom::fill(&mut raw).expect("the operating system's random source failed");
-        let mut s = String::with_capacity(40);
-        for b in raw {
-            s.push_str(&format!("{b:02x}"));
-        }
-        ClientToken(s)
+        ClientToken(random_hex(20))
     }
 
     /// The value to put in a cookie or a `hello` event for this client alone.
@@ -215,6 +224,13 @@ impl ClientToken {
     }
 }
 
+/// `bytes` random bytes from the operating system, hex encoded.
+pub fn random_hex(bytes: usize) -> String {
+    let mut raw = vec![0u8; bytes];
+    getrandom::fill(&mut raw).expect("the operating system's random source failed");
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// One-way identity of a client (first 128 bits of SHA-256 of its token).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientId(pub u128);
@@ -223,6 +239,17 @@ impl ClientId {
     /// An identity no token maps to in practice: for anonymous senders.
     pub fn random() -> Self {
         ClientToken::mint().id()
+    }
+
+    /// 32 hex digits, as stored outside the process (Redis).
+    pub fn to_hex(self) -> String {
+        format!("{:032x}", self.0)
+    }
+
+    /// The inverse of `to_hex`; garbage reads as the zero identity, which
+    /// is no one's (so it is never `me`).
+    pub fn from_hex(s: &str) -> Self {
+        ClientId(u128::from_str_radix(s, 16).unwrap_or(0))
     }
 }
 

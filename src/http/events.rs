@@ -29,14 +29,8 @@ fn last_event_id(ctx: &Ctx) -> Result<Option<EventId>, ApiError> {
     };
     let s = v
         .to_str()
-        .map_err(|_| ApiError::BadRequest("malformed Last-Event-ID header".into()))?
-        .trim();
-    if s.is_empty() {
-        return Ok(None);
-    }
-    EventId::parse(s)
-        .map(Some)
-        .map_err(|e| ApiError::BadRequest(format!("Last-Event-ID: {e}")))
+        .map_err(|_| ApiError::BadRequest("malformed Last-Event-ID header".into()))?;
+    Ok(EventId::parse_optional(s, "Last-Event-ID")?)
 }
 
 /// Logs the disconnect when the stream is dropped, whatever ended it.

@@ -48,10 +48,10 @@ impl Fields {
 impl Fields {
     /// An optional event id (`since`): empty means absent, malformed is an error.
     pub fn take_event_id(&mut self, key: &str) -> Result<Option<EventId>, Invalid> {
-        self.take(key)?
-            .filter(|s| !s.is_empty())
-            .map(|s| EventId::parse(&s).map_err(|e| Invalid(format!("{key}: {e}"))))
-            .transpose()
+        match self.take(key)? {
+            Some(s) => EventId::parse_optional(&s, key),
+            None => Ok(None),
+        }
     }
 }
 

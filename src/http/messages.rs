@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::form::Fields;
 use super::{identity, json_response, AppState, Ctx};
 use crate::chat::message::{Event, MessageJson};
-use crate::chat::types::{ClientMsgId, DisplayName, MessageText, RoomName};
+use crate::chat::types::{ClientMsgId, DisplayName, Invalid, MessageText, RoomName};
 use crate::limits::Refused;
 use crate::store::{Appended, NewMessage};
 
@@ -86,16 +86,15 @@ where
     Ok(Bytes::from(buf))
 }
 
-fn parse_fields(kind: BodyKind, body: &[u8], query: &str) -> Result<PostFields, ApiError> {
+/// The body's fields. Text bodies carry only the text; their other fields
+/// come from the query string, already parsed by the caller (who also reads
+/// `client` from it).
+fn parse_fields(kind: BodyKind, body: &[u8], query: &mut Fields) -> Result<PostFields, ApiError> {
     match kind {
         BodyKind::Form => {
             let mut f = Fields::parse(body)?;
-            Ok(PostFields {
-                text: f.take("text")?,
-                room: f.take("room")?,
-                name: f.take("name")?,
-                client_msg_id: f.take("client_msg_id")?,
-            })
+            let text = f.take("text")?;
+            Ok(with_meta(text, &mut f)?)
         }
         BodyKind::Json => {
             let s = std::str::from_utf8(body)
@@ -106,15 +105,19 @@ fn parse_fields(kind: BodyKind, body: &[u8], query: &str) -> Result<PostFields, 
         BodyKind::Text => {
             let text = String::from_utf8(body.to_vec())
                 .map_err(|_| ApiError::BadRequest("invalid UTF-8 in text body".into()))?;
-            let mut q = Fields::parse(query.as_bytes())?;
-            Ok(PostFields {
-                text: Some(text),
-                room: q.take("room")?,
-                name: q.take("name")?,
-                client_msg_id: q.take("client_msg_id")?,
-            })
+            Ok(with_meta(Some(text), query)?)
         }
     }
+}
+
+/// `text` with the fields every body kind shares, taken from `f`.
+fn with_meta(text: Option<String>, f: &mut Fields) -> Result<PostFields, Invalid> {
+    Ok(PostFields {
+        text,
+        room: f.take("room")?,
+        name: f.take("name")?,
+        client_msg_id: f.take("client_msg_id")?,
+    })
 }
 
 #[derive(Serialize)]
@@ -198,7 +201,8 @@ where
     check_origin(&ctx.headers)?;
     let kind = body_kind(&ctx.headers)?;
     let body = read_body(&ctx.headers, body, state.config.max_body_bytes).await?;
-    let f = parse_fields(kind, &body, &ctx.query)?;
+    let mut query = Fields::parse(ctx.query.as_bytes())?;
+    let f = parse_fields(kind, &body, &mut query)?;
     let text = f
         .text
         .ok_or_else(|| ApiError::BadRequest("text is required".into()))?;
@@ -210,7 +214,7 @@ where
         .as_deref()
         .map(ClientMsgId::parse)
         .transpose()?;
-    let client_q = Fields::parse(ctx.query.as_bytes())?.take("client")?;
+    let client_q = query.take("client")?;
     let who = identity::resolve(&ctx.headers, client_q.as_deref())?;
     let sender = who.token.id();
 
@@ -434,14 +438,16 @@ mod props {
         #[test]
         fn body_parsers_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512), q in ".{0,32}") {
             for kind in [BodyKind::Form, BodyKind::Json, BodyKind::Text] {
-                let _ = parse_fields(kind, &bytes, &q);
+                if let Ok(mut query) = Fields::parse(q.as_bytes()) {
+                    let _ = parse_fields(kind, &bytes, &mut query);
+                }
             }
         }
 
         #[test]
         fn json_bodies_round_trip(text in any::<String>(), room in "[a-z]{1,8}") {
             let body = serde_json::to_vec(&serde_json::json!({"text": text, "room": room})).unwrap();
-            let f = parse_fields(BodyKind::Json, &body, "").unwrap();
+            let f = parse_fields(BodyKind::Json, &body, &mut Fields::default()).unwrap();
             prop_assert_eq!(f.text, Some(text));
             prop_assert_eq!(f.room, Some(room));
         }

@@ -70,11 +70,9 @@ fn hh_mm(ts: i64) -> String {
 pub async fn index(state: AppState, _ctx: Ctx) -> Response {
     let result = async {
         let mut names = state.chat.rooms().await?;
-        for (r, _) in state.chat.hub.rooms_online() {
-            if !names.contains(&r) {
-                names.push(r);
-            }
-        }
+        names.extend(state.chat.hub.rooms_online().into_iter().map(|(r, _)| r));
+        names.sort();
+        names.dedup();
         let mut rooms = Vec::with_capacity(names.len());
         for r in names {
             rooms.push(RoomSummary {

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Appended, NewMessage, Store, StoreError, StoreResult};
 use crate::chat::hub::Hub;
 use crate::chat::message::{Event, Message, PresenceKind};
-use crate::chat::types::{ClientId, DisplayName, EventId, RoomName};
+use crate::chat::types::{random_hex, ClientId, DisplayName, EventId, RoomName};
 
 const CHANNEL: &str = "ssechat:events";
 /// How often a node refreshes its heartbeat and looks for dead nodes, as
@@ -134,14 +134,6 @@ fn unavailable(e: redis::RedisError) -> StoreError {
     StoreError::Unavailable(format!("redis: {e}"))
 }
 
-fn hex(id: ClientId) -> String {
-    format!("{:032x}", id.0)
-}
-
-fn unhex(s: &str) -> ClientId {
-    ClientId(u128::from_str_radix(s, 16).unwrap_or(0))
-}
-
 pub struct RedisStore {
     client: redis::Client,
     pool: Mutex<Vec<redis::Connection>>,
@@ -184,11 +176,7 @@ impl RedisStore {
         };
         conn.set_read_timeout(Some(IO_TIMEOUT)).ok();
         conn.set_write_timeout(Some(IO_TIMEOUT)).ok();
-        let node = {
-            let mut raw = [0u8; 8];
-            getrandom::fill(&mut raw).map_err(|e| e.to_string())?;
-            raw.iter().map(|b| format!("{b:02x}")).collect()
-        };
+        let node = random_hex(8);
         let store = RedisStore {
             client,
             pool: Mutex::new(vec![conn]),
@@ -276,7 +264,7 @@ impl RedisStore {
                 .key(format!("ssechat:pnode:{}:{room}", self.node))
                 .key(format!("ssechat:nrooms:{}", self.node))
                 .key("ssechat:nodes")
-                .arg(hex(client))
+                .arg(client.to_hex())
                 .arg(name.as_str())
                 .arg(room.as_str())
                 .arg(&self.node)
@@ -290,7 +278,7 @@ impl RedisStore {
             self.leave
                 .arg(room.as_str())
                 .arg(&self.node)
-                .arg(hex(client))
+                .arg(client.to_hex())
                 .invoke(c)
         })
     }
@@ -344,7 +332,7 @@ impl RedisStore {
                     name: DisplayName::parse(&get("n")?).ok()?,
                     text: get("t")?,
                     ts: get("ts")?.parse().ok()?,
-                    sender: unhex(&get("s")?),
+                    sender: ClientId::from_hex(&get("s")?),
                 })
             })
             .collect()
@@ -357,7 +345,7 @@ impl Store for RedisStore {
         let pipe = {
             let mut pipe = redis::pipe();
             for m in batch {
-                let sender = hex(m.sender);
+                let sender = m.sender.to_hex();
                 pipe.cmd("EVALSHA")
                     .arg(self.append.get_hash())
                     .arg(4)
@@ -457,13 +445,8 @@ impl Store for RedisStore {
 /// One published item, parsed.
 enum Published {
     Message(Message),
-    Presence {
-        kind: PresenceKind,
-        room: RoomName,
-        online: usize,
-        client: ClientId,
-        name: DisplayName,
-    },
+    /// A join or leave, ready to hand to the room's streams.
+    Presence(RoomName, Event),
 }
 
 fn parse_published(payload: &str) -> Option<Published> {
@@ -473,7 +456,7 @@ fn parse_published(payload: &str) -> Option<Published> {
             let id = parts.next()?.parse().ok()?;
             let room = RoomName::parse(parts.next()?).ok()?;
             let ts = parts.next()?.parse().ok()?;
-            let sender = unhex(parts.next()?);
+            let sender = ClientId::from_hex(parts.next()?);
             let name = DisplayName::parse(parts.next()?).ok()?;
             let text = parts.next()?.to_owned();
             Some(Published::Message(Message {
@@ -492,15 +475,12 @@ fn parse_published(payload: &str) -> Option<Published> {
             };
             let room = RoomName::parse(parts.next()?).ok()?;
             let online = parts.next()?.parse().ok()?;
-            let client = unhex(parts.next()?);
+            let client = ClientId::from_hex(parts.next()?);
             let name = DisplayName::parse(parts.next()?).ok()?;
-            Some(Published::Presence {
-                kind,
+            Some(Published::Presence(
                 room,
-                online,
-                client,
-                name,
-            })
+                Event::presence(kind, &name, online, client),
+            ))
         }
         _ => None,
     }
@@ -577,13 +557,7 @@ pub async fn run_subscriber(
                     last_seen.fetch_max(m.id.0, Ordering::SeqCst);
                     hub.publish(vec![m]);
                 }
-                Some(Published::Presence {
-                    kind,
-                    room,
-                    online,
-                    client,
-                    name,
-                }) => hub.broadcast(&room, Event::presence(kind, &name, online, client)),
+                Some(Published::Presence(room, event)) => hub.broadcast(&room, event),
                 None => tracing::warn!("ignored a malformed event from Redis"),
             }
         }
@@ -696,12 +670,14 @@ mod tests {
         assert_eq!(m.id, EventId(42));
         assert_eq!(m.text, "line1\nline2\n\nend");
         assert_eq!(m.sender, ClientId(10));
-        let Some(Published::Presence { online, name, .. }) =
+        let Some(Published::Presence(room, Event::Presence { text, about, .. })) =
             parse_published("p\nleave\nlobby\n3\n0a\nbob")
         else {
             panic!()
         };
-        assert_eq!((online, name.as_str()), (3, "bob"));
+        assert_eq!(room.as_str(), "lobby");
+        assert_eq!(about, ClientId(10));
+        assert_eq!(&text[..], b"event: leave\ndata: >> bob left (3 online)\n\n");
         assert!(parse_published("x\n").is_none());
     }
 }
