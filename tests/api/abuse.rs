@@ -7,7 +7,9 @@ use serde_json::{json, Value};
 use ssechat::sse::{Item, Parser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::helpers::{eventually, spawn_app_with, spawn_binary, token, BinApp, SseClient, WAIT};
+use crate::helpers::{
+    eventually, spawn_app_with, spawn_binary, token, wait_metric, SseClient, TestApp, WAIT,
+};
 
 async fn error_of(res: reqwest::Response) -> (u16, String) {
     let status = res.status().as_u16();
@@ -15,30 +17,22 @@ async fn error_of(res: reqwest::Response) -> (u16, String) {
     (status, v["error"].as_str().unwrap().to_owned())
 }
 
+/// GETs `path` and returns the status and the JSON error's text.
+async fn refused_get(app: &TestApp, path: &str) -> (u16, String) {
+    error_of(app.get(path).await).await
+}
+
 #[tokio::test]
 async fn stream_caps_answer_503_in_total_and_429_per_ip() {
     let app = spawn_app_with(&["--max-streams", "2"]).await;
     let _a = app.events("room=c").await;
     let _b = app.events("room=c").await;
-    let res = app
-        .http
-        .get(app.url("/chat/events?room=c"))
-        .send()
-        .await
-        .unwrap();
-    let (status, msg) = error_of(res).await;
+    let (status, msg) = refused_get(&app, "/chat/events?room=c").await;
     assert_eq!(status, 503);
     assert!(msg.contains("too many open streams"), "{msg}");
-    drop(_a);
     let app2 = spawn_app_with(&["--max-streams-per-ip", "1"]).await;
     let _c = app2.events("room=c").await;
-    let res = app2
-        .http
-        .get(app2.url("/chat/events?room=c"))
-        .send()
-        .await
-        .unwrap();
-    let (status, msg) = error_of(res).await;
+    let (status, msg) = refused_get(&app2, "/chat/events?room=c").await;
     assert_eq!(status, 429);
     assert!(msg.contains("from your address"), "{msg}");
     // The place comes back when the stream ends.
@@ -57,10 +51,11 @@ async fn long_poll_cap_answers_503() {
     let waiting = tokio::spawn(async move { http.get(url).send().await.unwrap().status() });
     let m = app.chat.hub.metrics().clone();
     eventually("one long-poll waiting", || m.long_polls.get() == 1).await;
-    let res = app
-        .get(&format!("/chat/messages?room=lp&since={first}&wait=20"))
-        .await;
-    let (status, msg) = error_of(res).await;
+    let (status, msg) = refused_get(
+        &app,
+        &format!("/chat/messages?room=lp&since={first}&wait=20"),
+    )
+    .await;
     assert_eq!(status, 503);
     assert!(msg.contains("long-polls"), "{msg}");
     app.send(None, "lp", "release").await;
@@ -124,20 +119,6 @@ fn rss_kib(pid: u32) -> u64 {
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-async fn metric(server: &BinApp, name: &str) -> f64 {
-    let text = reqwest::get(server.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("{name} missing"))
-        .parse()
         .unwrap()
 }
 
@@ -253,14 +234,7 @@ async fn a_subscriber_that_never_reads_is_dropped_and_recovers_by_replay() {
     );
 
     // The sloth is cut off once its socket stayed full for the write timeout.
-    let deadline = Instant::now() + WAIT;
-    while metric(&server, "ssechat_subscribers_dropped_total").await < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "the never-reading subscriber was not dropped"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_metric(&server.base, "ssechat_subscribers_dropped_total", 1.0).await;
     // It now reads what reached it, then resumes from its last id.
     let mut raw = Vec::new();
     tokio::time::timeout(WAIT, sloth.read_to_end(&mut raw))
@@ -365,11 +339,7 @@ async fn graceful_shutdown_with_many_streams_and_a_long_poll_exits_0_in_time() {
     }
     let poll_url = server.url(&format!("/chat/messages?room=g&since={first}&wait=30"));
     let poll = tokio::spawn(async move { reqwest::get(poll_url).await.unwrap() });
-    let deadline = Instant::now() + WAIT;
-    while metric(&server, "ssechat_long_polls").await < 1.0 {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_metric(&server.base, "ssechat_long_polls", 1.0).await;
     let started = Instant::now();
     let code = tokio::task::spawn_blocking(move || server.terminate())
         .await

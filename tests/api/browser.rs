@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use crate::external::{
     need, BrowserOpts, ChromeDriver, FixedServer, Nginx, Session, KEY_ENTER, KEY_NULL, KEY_SHIFT,
 };
-use crate::helpers::{spawn_app, TestApp};
+use crate::helpers::{spawn_app, texts_at, TestApp};
 
 /// Longest wait for anything a page should show.
 const BW: Duration = Duration::from_secs(20);
@@ -136,21 +136,6 @@ async fn post(base: &str, room: &str, name: &str, text: &str) -> String {
     assert_eq!(res.status(), 201, "the POST is accepted");
     let v: Value = res.json().await.unwrap();
     v["id"].as_str().unwrap().to_owned()
-}
-
-async fn stored_texts(base: &str, room: &str) -> Vec<String> {
-    let v: Value = reqwest::get(format!("{base}/chat/messages?room={room}&limit=500"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["text"].as_str().unwrap().to_owned())
-        .collect()
 }
 
 fn lines(v: &[&str]) -> Vec<String> {
@@ -279,13 +264,53 @@ async fn browser_two_people_chat_see_me_names_online_count_and_leave() {
 
 /* ---------------- 2. restart without loss ---------------- */
 
-async fn restartable(dir: &tempfile::TempDir) -> (u16, Vec<String>) {
-    let db = dir.path().join("chat.db").display().to_string();
-    let port = crate::external::free_port();
-    (
-        port,
-        vec!["--db".into(), db, "--retry-ms".into(), "700".into()],
-    )
+/// A server on a fixed port and database, so it can be killed and started
+/// again where the pages expect it.
+struct Restartable {
+    _dir: tempfile::TempDir,
+    port: u16,
+    args: Vec<String>,
+}
+
+impl Restartable {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("chat.db").display().to_string();
+        Restartable {
+            _dir: dir,
+            port: crate::external::free_port(),
+            args: vec!["--db".into(), db, "--retry-ms".into(), "700".into()],
+        }
+    }
+
+    async fn start(&self) -> FixedServer {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        FixedServer::start(self.port, &args).await
+    }
+}
+
+/// Two separate browsers on `room`, each connected. With `set_names` they
+/// take the names in `who`; otherwise `who` only labels failures.
+async fn two_pages(
+    wd: &ChromeDriver,
+    base: &str,
+    room: &str,
+    who: [&str; 2],
+    set_names: bool,
+) -> (Session, Session) {
+    let url = format!("{base}/chat?room={room}");
+    let (a, b) = tokio::join!(
+        wd.session(BrowserOpts::default()),
+        wd.session(BrowserOpts::default())
+    );
+    for (s, who) in [(&a, who[0]), (&b, who[1])] {
+        open_chat(s, &url).await;
+        if set_names {
+            set_name(s, who).await;
+        }
+        wait_state(s, who, "connected", BW).await;
+    }
+    (a, b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,19 +318,9 @@ async fn browser_pages_resume_after_server_restart_with_every_message_once() {
     let Some((_p, wd)) = browser("browser_pages_resume_after_server_restart").await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (port, args) = restartable(&dir).await;
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut srv = FixedServer::start(port, &args).await;
-    let url = format!("{}/chat?room=b2", srv.base);
-    let (a, b) = tokio::join!(
-        wd.session(BrowserOpts::default()),
-        wd.session(BrowserOpts::default())
-    );
-    for (s, who) in [(&a, "a"), (&b, "b")] {
-        open_chat(s, &url).await;
-        wait_state(s, who, "connected", BW).await;
-    }
+    let server = Restartable::new();
+    let mut srv = server.start().await;
+    let (a, b) = two_pages(&wd, &srv.base, "b2", ["a", "b"], false).await;
     post(&srv.base, "b2", "carol", "before the outage").await;
     let before = lines(&["carol: before the outage"]);
     wait_lines(&a, "a", &before, false).await;
@@ -336,7 +351,7 @@ async fn browser_pages_resume_after_server_restart_with_every_message_once() {
         );
     }
 
-    srv = FixedServer::start(port, &args).await;
+    srv = server.start().await;
     // Posted at once, before the pages are back: they must catch up on them.
     post(&srv.base, "b2", "carol", "during 1").await;
     post(&srv.base, "b2", "dave", "during 2").await;
@@ -378,20 +393,9 @@ async fn browser_message_typed_while_server_down_arrives_once_for_everyone() {
     let Some((_p, wd)) = browser("browser_message_typed_while_server_down").await else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let (port, args) = restartable(&dir).await;
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let mut srv = FixedServer::start(port, &args).await;
-    let url = format!("{}/chat?room=b3", srv.base);
-    let (a, b) = tokio::join!(
-        wd.session(BrowserOpts::default()),
-        wd.session(BrowserOpts::default())
-    );
-    for (s, who) in [(&a, "alice"), (&b, "bob")] {
-        open_chat(s, &url).await;
-        set_name(s, who).await;
-        wait_state(s, who, "connected", BW).await;
-    }
+    let server = Restartable::new();
+    let mut srv = server.start().await;
+    let (a, b) = two_pages(&wd, &srv.base, "b3", ["alice", "bob"], true).await;
 
     srv.kill9();
     wait_state(&a, "alice", "reconnecting", BW).await;
@@ -415,7 +419,7 @@ async fn browser_message_typed_while_server_down_arrives_once_for_everyone() {
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("chat-offline-pending.png"), a.screenshot().await).unwrap();
 
-    srv = FixedServer::start(port, &args).await;
+    srv = server.start().await;
     let mine = lines(&["me: typed while down", "me: and a second one"]);
     let theirs = lines(&["alice: typed while down", "alice: and a second one"]);
     wait_lines(&a, "alice", &mine, true).await;
@@ -438,7 +442,7 @@ async fn browser_message_typed_while_server_down_arrives_once_for_everyone() {
     .await;
     assert_eq!(count_line(&a, "me: typed while down").await, 1);
     assert_eq!(
-        stored_texts(&srv.base, "b3").await,
+        texts_at(&srv.base, "b3").await,
         vec!["typed while down", "and a second one", "marker"]
     );
     let left = a

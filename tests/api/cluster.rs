@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_binary, token, BinApp, SseClient, WAIT};
+use crate::external::free_port;
+use crate::helpers::{all_messages, spawn_binary, token, wait_metric, BinApp, SseClient, WAIT};
 
 /// A `redis-server` of our own; stopped on drop.
 struct Redis {
@@ -16,14 +17,6 @@ struct Redis {
     port: u16,
     dir: tempfile::TempDir,
     persistent: bool,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 impl Redis {
@@ -361,18 +354,11 @@ async fn redis_restarted_under_load_loses_nothing_acknowledged() {
         acked.len()
     );
     // Every acknowledged message is in the history...
-    let mut stored = HashSet::new();
-    let mut since = "0".to_owned();
-    loop {
-        let url = b.url(&format!("/chat/messages?room=r&limit=500&since={since}"));
-        let v: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
-        let page = v["messages"].as_array().unwrap();
-        if page.is_empty() {
-            break;
-        }
-        stored.extend(page.iter().map(|m| m["id"].as_str().unwrap().to_owned()));
-        since = v["last_id"].as_str().unwrap().to_owned();
-    }
+    let stored: HashSet<String> = all_messages(&b.base, "r")
+        .await
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
     for id in &acked {
         assert!(stored.contains(id), "acknowledged {id} is stored");
     }
@@ -420,20 +406,7 @@ async fn a_long_poll_on_one_node_is_released_by_a_post_on_another() {
             .unwrap()
     });
     // Post on A once B's long-poll is waiting.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let m = reqwest::get(b.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if m.lines().any(|l| l == "ssechat_long_polls 1") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the long-poll never waited");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_metric(&b.base, "ssechat_long_polls", 1.0).await;
     let second: Value = post(&a, &t, "lp", "second").await.json().await.unwrap();
     let v = tokio::time::timeout(WAIT, poll)
         .await

@@ -6,31 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{binary_fails, spawn_binary, token, SseClient, WAIT};
-
-/// Every message of `room` in the store, oldest first, paging with `since`.
-async fn all_messages(http: &reqwest::Client, base: &str, room: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut since = "0".to_owned();
-    loop {
-        let v: Value = http
-            .get(format!(
-                "{base}/chat/messages?room={room}&since={since}&limit=500"
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let page = v["messages"].as_array().unwrap().clone();
-        if page.is_empty() {
-            return out;
-        }
-        since = v["last_id"].as_str().unwrap().to_owned();
-        out.extend(page);
-    }
-}
+use crate::helpers::{all_messages, binary_fails, spawn_binary, token, SseClient, WAIT};
 
 fn id_of(m: &Value) -> u64 {
     m["id"].as_str().unwrap().parse().unwrap()
@@ -100,7 +76,7 @@ async fn crash_test(sync: &str) {
     assert!(acked.len() >= 300);
 
     let server = spawn_binary(&args);
-    let stored = all_messages(&http, &server.base, "crash").await;
+    let stored = all_messages(&server.base, "crash").await;
     let ids: Vec<u64> = stored.iter().map(id_of).collect();
     assert!(
         ids.windows(2).all(|w| w[0] < w[1]),
@@ -216,8 +192,8 @@ async fn retention_keeps_exactly_the_newest_n_per_room() {
     let server = spawn_binary(&["--db", db, "--history", "5"]);
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let r1 = all_messages(&http, &server.base, "r1").await;
-        let r2 = all_messages(&http, &server.base, "r2").await;
+        let r1 = all_messages(&server.base, "r1").await;
+        let r2 = all_messages(&server.base, "r2").await;
         if r1.len() == 5 && r2.len() == 5 {
             let texts: Vec<&str> = r1.iter().map(|m| m["text"].as_str().unwrap()).collect();
             assert_eq!(texts, ["7", "8", "9", "10", "11"]);
@@ -348,7 +324,7 @@ async fn a_full_disk_turns_posts_into_503_and_recovers() {
         201,
         "recovers when the disk does"
     );
-    let all = all_messages(&http, &server.base, "full").await;
+    let all = all_messages(&server.base, "full").await;
     assert_eq!(all.first().unwrap()["text"], "before");
     assert_eq!(all.last().unwrap()["text"], "after");
 }

@@ -137,13 +137,7 @@ impl TestApp {
 
     /// Texts stored in a room, oldest first (up to 500).
     pub async fn texts(&self, room: &str) -> Vec<String> {
-        let v = self.history(&format!("room={room}&limit=500")).await;
-        v["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["text"].as_str().unwrap().to_owned())
-            .collect()
+        texts_at(&self.base, room).await
     }
 
     pub async fn events(&self, query: &str) -> SseClient {
@@ -287,19 +281,6 @@ impl SseClient {
         }
     }
 
-    /// Whether any event arrives within `d` (to show that nothing was sent;
-    /// prefer a following marker event where possible).
-    pub async fn quiet_for(&mut self, d: Duration) -> bool {
-        loop {
-            match self.next_item_within(d).await {
-                Err(()) => return true,
-                Ok(Some(Item::Event(_))) => return false,
-                Ok(Some(_)) => continue,
-                Ok(None) => return true,
-            }
-        }
-    }
-
     /// Reads to the end of the stream, returning what remained.
     pub async fn rest(&mut self) -> Vec<Item> {
         let mut out = Vec::new();
@@ -307,6 +288,71 @@ impl SseClient {
             out.push(i);
         }
         out
+    }
+}
+
+/// Texts stored in a room of the server at `base`, oldest first (up to 500).
+pub async fn texts_at(base: &str, room: &str) -> Vec<String> {
+    let v: Value = reqwest::get(format!("{base}/chat/messages?room={room}&limit=500"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Every message of `room` at `base`, oldest first, paging with `since`.
+pub async fn all_messages(base: &str, room: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut since = "0".to_owned();
+    loop {
+        let url = format!("{base}/chat/messages?room={room}&since={since}&limit=500");
+        let v: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+        let page = v["messages"].as_array().unwrap().clone();
+        if page.is_empty() {
+            return out;
+        }
+        since = v["last_id"].as_str().unwrap().to_owned();
+        out.extend(page);
+    }
+}
+
+/// The value of the line `name VALUE` in Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("metric {name} missing in\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Waits (bounded) until the server at `base` reports `name` ≥ `min` on
+/// `/metrics`: for states no stream event announces (a long-poll waiting,
+/// a subscriber dropped inside the server).
+pub async fn wait_metric(base: &str, name: &str, min: f64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric_value(&text, name) >= min {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {name} >= {min}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::helpers::{spawn_app, token};
+use crate::helpers::{metric_value, spawn_app, token};
 
 #[tokio::test]
 async fn healthz_says_ok_then_503_when_shutting_down() {
@@ -17,33 +17,27 @@ async fn healthz_says_ok_then_503_when_shutting_down() {
     assert_eq!(app.get("/healthz").await.status(), 503);
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("metric {name} missing in\n{text}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[tokio::test]
 async fn metrics_change_as_traffic_flows() {
     let app = spawn_app().await;
     let before = app.get("/metrics").await.text().await.unwrap();
-    assert_eq!(metric(&before, "ssechat_sse_streams"), 0.0);
+    assert_eq!(metric_value(&before, "ssechat_sse_streams"), 0.0);
     let mut s = app.subscribe("m", &token(), "x").await;
     app.send(None, "m", "hi").await;
     s.expect("message").await;
     app.post_raw("/chat/messages", Some("application/json"), "{", &[])
         .await;
     let after = app.get("/metrics").await.text().await.unwrap();
-    assert_eq!(metric(&after, "ssechat_sse_streams"), 1.0);
-    assert_eq!(metric(&after, "ssechat_messages_total"), 1.0);
-    assert!(metric(&after, "ssechat_events_delivered_total") >= 1.0);
-    assert_eq!(metric(&after, "ssechat_long_polls"), 0.0);
-    assert_eq!(metric(&after, "ssechat_subscribers_dropped_total"), 0.0);
+    assert_eq!(metric_value(&after, "ssechat_sse_streams"), 1.0);
+    assert_eq!(metric_value(&after, "ssechat_messages_total"), 1.0);
+    assert!(metric_value(&after, "ssechat_events_delivered_total") >= 1.0);
+    assert_eq!(metric_value(&after, "ssechat_long_polls"), 0.0);
     assert_eq!(
-        metric(
+        metric_value(&after, "ssechat_subscribers_dropped_total"),
+        0.0
+    );
+    assert_eq!(
+        metric_value(
             &after,
             "ssechat_requests_rejected_total{reason=\"bad_request\"}"
         ),

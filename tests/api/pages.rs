@@ -58,8 +58,16 @@ async fn welcome_page_lists_rooms_with_online_counts() {
     assert!(html.contains("/chat"));
     assert!(html.contains("quiet-room"));
     assert!(html.contains("busy-room"));
-    let busy = html.find("busy-room").unwrap();
-    assert!(html[busy..].contains('1'), "online count shown");
+    // Each room's line carries its own count.
+    let line_of = |room: &str| {
+        let at = html.find(&format!(">{room}<")).expect("room listed");
+        html[at..].split("</li>").next().unwrap().to_owned()
+    };
+    assert!(
+        line_of("busy-room").contains("1 online"),
+        "online count shown"
+    );
+    assert!(line_of("quiet-room").contains("0 online"));
 }
 
 #[tokio::test]
