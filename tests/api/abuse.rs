@@ -138,18 +138,7 @@ async fn a_subscriber_that_never_reads_is_dropped_and_recovers_by_replay() {
     ]);
     let pid = server.child.id();
     let http = reqwest::Client::new();
-    let start = {
-        let r = http
-            .post(server.url("/chat/messages"))
-            .json(&json!({"room":"s","text":"start"}))
-            .send()
-            .await
-            .unwrap();
-        r.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let start = server.send("s", "start").await;
     // The sloth: asks for the stream, then never reads a byte.
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
@@ -312,18 +301,7 @@ async fn graceful_shutdown_with_many_streams_and_a_long_poll_exits_0_in_time() {
         "--shutdown-timeout",
         "5",
     ]);
-    let first = {
-        let r = reqwest::Client::new()
-            .post(server.url("/chat/messages"))
-            .json(&json!({"room":"g","text":"x"}))
-            .send()
-            .await
-            .unwrap();
-        r.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    };
+    let first = server.send("g", "x").await;
     let mut streams = Vec::new();
     for i in 0..300 {
         // Separate clients so each is its own connection.

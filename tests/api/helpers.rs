@@ -465,6 +465,19 @@ impl BinApp {
         format!("{}{}", self.base, path)
     }
 
+    /// POSTs `text` to `room` (no client token); asserts 201, returns the id.
+    pub async fn send(&self, room: &str, text: &str) -> String {
+        let res = reqwest::Client::new()
+            .post(self.url("/chat/messages"))
+            .json(&serde_json::json!({"room": room, "text": text}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201, "POST should be accepted");
+        let v: Value = res.json().await.unwrap();
+        v["id"].as_str().expect("id is a string").to_owned()
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
