@@ -148,54 +148,63 @@ impl Parser {
     }
 
     /// Feeds bytes and returns what they complete.
-    pub fn feed(&mut self, mut chunk: &[u8]) -> Vec<Item> {
+    pub fn feed(&mut self, chunk: &[u8]) -> Vec<Item> {
         let mut out = Vec::new();
+        self.feed_into(chunk, &mut out);
+        out
+    }
+
+    /// Feeds bytes and appends what they complete to `out`. Complete lines
+    /// are read where they lie; only an unfinished last line is kept.
+    pub fn feed_into(&mut self, mut chunk: &[u8], out: &mut Vec<Item>) {
         if self.after_cr {
             self.after_cr = false;
             if chunk.first() == Some(&b'\n') {
                 chunk = &chunk[1..];
             }
         }
-        self.pending.extend_from_slice(chunk);
-        let mut start = 0;
-        let mut i = 0;
-        while i < self.pending.len() {
-            match self.pending[i] {
-                b'\n' | b'\r' => {
-                    let line = self.pending[start..i].to_vec();
-                    let mut next = i + 1;
-                    if self.pending[i] == b'\r' {
-                        if next < self.pending.len() {
-                            if self.pending[next] == b'\n' {
-                                next += 1;
-                            }
-                        } else {
-                            self.after_cr = true;
-                        }
-                    }
-                    self.line(&line, &mut out);
-                    start = next;
-                    i = next;
-                }
-                _ => i += 1,
-            }
+        let mut pending = std::mem::take(&mut self.pending);
+        let joined = !pending.is_empty();
+        if joined {
+            pending.extend_from_slice(chunk);
         }
-        self.pending.drain(..start);
-        out
+        let buf: &[u8] = if joined { &pending } else { chunk };
+        let mut start = 0;
+        while let Some(end) = buf[start..]
+            .iter()
+            .position(|&b| b == b'\n' || b == b'\r')
+            .map(|n| start + n)
+        {
+            let mut next = end + 1;
+            if buf[end] == b'\r' {
+                match buf.get(next) {
+                    Some(b'\n') => next += 1,
+                    Some(_) => {}
+                    None => self.after_cr = true,
+                }
+            }
+            self.line(&buf[start..end], out);
+            start = next;
+        }
+        if joined {
+            pending.drain(..start);
+        } else {
+            pending.extend_from_slice(&chunk[start..]);
+        }
+        self.pending = pending;
     }
 
-    fn line(&mut self, raw: &[u8], out: &mut Vec<Item>) {
-        let mut line = String::from_utf8_lossy(raw).into_owned();
+    fn line(&mut self, mut raw: &[u8], out: &mut Vec<Item>) {
         if !self.started {
             self.started = true;
-            if let Some(rest) = line.strip_prefix('\u{feff}') {
-                line = rest.to_owned();
-            }
+            raw = raw.strip_prefix("\u{feff}".as_bytes()).unwrap_or(raw);
         }
-        if line.is_empty() {
+        if raw.is_empty() {
             self.dispatch(out);
             return;
         }
+        // Borrowed unless the line holds invalid UTF-8.
+        let line = String::from_utf8_lossy(raw);
         if let Some(comment) = line.strip_prefix(':') {
             out.push(Item::Comment(
                 comment.strip_prefix(' ').unwrap_or(comment).to_owned(),
@@ -207,17 +216,21 @@ impl Parser {
                 let v = &line[i + 1..];
                 (&line[..i], v.strip_prefix(' ').unwrap_or(v))
             }
-            None => (line.as_str(), ""),
+            None => (&*line, ""),
         };
         match field {
-            "event" => self.event = value.to_owned(),
+            "event" => {
+                self.event.clear();
+                self.event.push_str(value);
+            }
             "data" => {
                 self.data.push_str(value);
                 self.data.push('\n');
                 self.has_data = true;
             }
             "id" if !value.contains('\0') => {
-                self.last_event_id = value.to_owned();
+                self.last_event_id.clear();
+                self.last_event_id.push_str(value);
                 self.has_id = true;
             }
             "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
@@ -330,6 +343,12 @@ mod tests {
             assert_eq!(items, whole, "split at {split}");
         }
         assert_eq!(whole.len(), 4, "{whole:?}");
+        let mut p = Parser::new();
+        let mut bytewise = Vec::new();
+        stream
+            .iter()
+            .for_each(|b| p.feed_into(&[*b], &mut bytewise));
+        assert_eq!(bytewise, whole, "one byte at a time");
     }
 
     #[test]

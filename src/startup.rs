@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -161,6 +162,7 @@ impl Application {
         let config = state.config.clone();
         let chat = state.chat.clone();
         let tracker = TaskTracker::new();
+        let closing = Closing::new(cancel.clone());
 
         tracker.spawn(background(chat.clone(), config.clone(), cancel.clone()));
 
@@ -192,7 +194,7 @@ impl Application {
                 Duration::from_secs(config.write_timeout),
                 chat.hub.metrics().clone(),
             ));
-            let cancel = cancel.clone();
+            let closing = closing.clone();
             tracker.spawn(async move {
                 let service =
                     hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -207,14 +209,7 @@ impl Application {
                     // Request heads above this are refused (431).
                     .max_buf_size(MAX_HEAD_BYTES)
                     .serve_connection(io, service);
-                let mut conn = std::pin::pin!(conn);
-                tokio::select! {
-                    _ = conn.as_mut() => {}
-                    () = cancel.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        let _ = conn.await;
-                    }
-                }
+                let _ = until_cancelled(conn, &closing).await;
             });
         }
 
@@ -224,7 +219,7 @@ impl Application {
         );
         drop(listener);
         chat.hub.shutdown();
-        cancel.cancel();
+        closing.close();
         tracker.close();
         let grace = Duration::from_secs(config.shutdown_timeout);
         if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
@@ -238,6 +233,82 @@ impl Application {
             let _ = tokio::task::spawn_blocking(move || cluster.reap_self()).await;
         }
         tracing::info!("shutdown complete");
+    }
+}
+
+/// Tells connections to finish. The token wakes them; the flag is what a
+/// connection checks on every other wake.
+#[derive(Clone)]
+struct Closing {
+    flag: Arc<AtomicBool>,
+    token: CancellationToken,
+}
+
+impl Closing {
+    fn new(token: CancellationToken) -> Self {
+        Closing {
+            flag: Arc::new(AtomicBool::new(false)),
+            token,
+        }
+    }
+
+    /// Also cancels the token, and with it the background work.
+    fn close(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        self.token.cancel();
+    }
+}
+
+/// Serves one connection; once closing, asks it to finish gracefully
+/// (answer what is in flight, then close) and waits for that.
+///
+/// This is on every event's path: a stream's connection task wakes once per
+/// event it sends. `select!` on `token.cancelled()` would poll the token's
+/// waiter on each wake, and that takes a mutex all connections share (so
+/// does `is_cancelled`). Here the waiter is polled only when the task's
+/// waker is new (in practice: once); other wakes read one atomic flag.
+async fn until_cancelled<C>(conn: C, closing: &Closing) -> C::Output
+where
+    C: Future + GracefulShutdown,
+{
+    let mut conn = std::pin::pin!(conn);
+    let mut cancelled = std::pin::pin!(closing.token.cancelled());
+    let mut registered: Option<std::task::Waker> = None;
+    let mut shutting_down = false;
+    std::future::poll_fn(|cx| {
+        if !shutting_down {
+            let fired = match &registered {
+                Some(w) if w.will_wake(cx.waker()) => closing.flag.load(Ordering::SeqCst),
+                _ => {
+                    registered = Some(cx.waker().clone());
+                    cancelled.as_mut().poll(cx).is_ready()
+                }
+            };
+            if fired {
+                shutting_down = true;
+                conn.as_mut().shut_down();
+            }
+        }
+        conn.as_mut().poll(cx)
+    })
+    .await
+}
+
+/// A connection that can be asked to finish gracefully.
+trait GracefulShutdown {
+    fn shut_down(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S> GracefulShutdown for http1::Connection<I, S>
+where
+    S: hyper::service::HttpService<Incoming>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shut_down(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown();
     }
 }
 

@@ -123,6 +123,11 @@ struct Args {
     #[arg(long, default_value_t = 30.0)]
     settle_max: f64,
 
+    /// Write "post" to this file when the post phase starts and "done" when
+    /// it ends, so a profiler (perf stat/record) can cover just that phase.
+    #[arg(long, value_name = "PATH")]
+    phase_file: Option<std::path::PathBuf>,
+
     /// Print a free loopback TCP port and exit (for scripts).
     #[arg(long)]
     free_port: bool,
@@ -400,12 +405,12 @@ async fn subscriber(
     loop {
         if !pending.is_empty() {
             match &mut chunked {
-                Some(dec) => match dec.feed(&pending, |d| items.extend(parser.feed(d))) {
+                Some(dec) => match dec.feed(&pending, |d| parser.feed_into(d, &mut items)) {
                     Ok(false) => {}
                     Ok(true) => return st.fail(&sh, "stream ended".into()),
                     Err(e) => return st.fail(&sh, e),
                 },
-                None => items.extend(parser.feed(&pending)),
+                None => parser.feed_into(&pending, &mut items),
             }
             pending.clear();
             for item in items.drain(..) {
@@ -547,6 +552,9 @@ struct Report {
     post_phase_s: Option<f64>,
     server_cpu_ms: Option<f64>,
     cpu_us_per_post: Option<f64>,
+    /// This load generator's own CPU over the post phase / deliveries: it
+    /// shares the machine, so a heavier client slows the server's fan-out.
+    bench_cpu_us_per_delivery: Option<f64>,
     rss_before_kib: Option<u64>,
     rss_after_kib: Option<u64>,
     connect_s: f64,
@@ -592,6 +600,15 @@ async fn wait_healthy(target: &Target, within: Duration) -> bool {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Tells `--phase-file` watchers which phase the run is in.
+fn mark_phase(args: &Args, phase: &str) {
+    if let Some(path) = &args.phase_file {
+        if let Err(e) = std::fs::write(path, phase) {
+            eprintln!("ssechat-bench: cannot write {}: {e}", path.display());
+        }
     }
 }
 
@@ -815,7 +832,9 @@ async fn run(args: &Args, target: Target) -> Report {
     let mut posters: Vec<JoinHandle<Vec<u32>>> = Vec::new();
     let mut dispatcher = None;
     if !args.idle_only && !report.timed_out && m > 0 {
+        mark_phase(args, "post");
         let cpu0 = pid.and_then(sys::cpu_ticks);
+        let own0 = sys::cpu_ticks(std::process::id());
         let start_ns = now_ns();
         let source = match args.rate {
             None => Source::Counter,
@@ -877,6 +896,8 @@ async fn run(args: &Args, target: Target) -> Report {
             }
         }
         let cpu1 = pid.and_then(sys::cpu_ticks);
+        let own1 = sys::cpu_ticks(std::process::id());
+        mark_phase(args, "done");
         let received = sh.received.load(Relaxed);
         let end_ns = if received >= report.expected && !report.timed_out {
             sh.last_delivery_ns
@@ -896,6 +917,10 @@ async fn run(args: &Args, target: Target) -> Report {
             if ok > 0 {
                 report.cpu_us_per_post = Some(us / ok as f64);
             }
+        }
+        if let (Some(a), Some(b), true) = (own0, own1, received > 0) {
+            let us = (b - a) as f64 * 1e6 / sys::clock_ticks_per_second() as f64;
+            report.bench_cpu_us_per_delivery = Some(us / received as f64);
         }
         let last_delivery = sh.last_delivery_ns.load(Relaxed);
         if received > 0 && last_delivery > start_ns {
@@ -1063,6 +1088,11 @@ fn print_summary(args: &Args, r: &Report) {
             opt(r.cpu_us_per_delivery, 3),
             opt(r.server_cpu_ms, 0),
             opt(r.cpu_us_per_post, 1)
+        );
+        let _ = writeln!(
+            out,
+            "  bench's own CPU/delivery : {} µs",
+            opt(r.bench_cpu_us_per_delivery, 3)
         );
     }
     let _ = writeln!(
