@@ -2,7 +2,7 @@
 //!
 //! `Hub` is a cheap `Clone` handle around `Arc<Shared>` (as in mini-redis).
 //! All live state sits behind one std `Mutex`: every critical section is a
-//! few map operations and a non-blocking `broadcast::send`, never an
+//! few map operations and a non-blocking `fanout::Sender::send`, never an
 //! `.await`, so a blocking mutex is both correct and faster than an async one.
 //!
 //! A room exists here only while something watches it (an SSE stream or a
@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
+
+use super::fanout;
 
 use super::message::{Event, Message, MessageFrames, PresenceKind};
 use super::types::{ClientId, DisplayName, RoomName};
@@ -67,7 +69,7 @@ struct State {
 }
 
 struct Room {
-    tx: broadcast::Sender<Arc<Event>>,
+    tx: fanout::Sender<Arc<Event>>,
     /// Clients with at least one open stream, and how many each has.
     presence: HashMap<ClientId, Presence>,
     /// Receivers handed out (streams and long-polls).
@@ -87,7 +89,7 @@ pub struct ShuttingDown;
 /// A receiver of a room's live events, and the guard that gives its place
 /// back when dropped.
 pub struct Subscription {
-    pub rx: broadcast::Receiver<Arc<Event>>,
+    pub rx: fanout::Receiver<Arc<Event>>,
     pub guard: SubscriptionGuard,
     /// Distinct clients online in the room (on this node), this one included.
     pub online: usize,
@@ -214,7 +216,7 @@ impl Hub {
     fn room_entry<'a>(&self, state: &'a mut State, room: &RoomName) -> &'a mut Room {
         let capacity = self.shared.capacity;
         state.rooms.entry(room.clone()).or_insert_with(|| Room {
-            tx: broadcast::channel(capacity).0,
+            tx: fanout::channel(capacity),
             presence: HashMap::new(),
             watchers: 0,
         })
@@ -275,13 +277,14 @@ impl Hub {
     /// Counts an event fanned out to `n` receivers. Counting here, once per
     /// event, keeps atomic increments off the per-subscriber path.
     /// Bytes are counted as the common (JSON, not-me) rendering.
-    fn sent(&self, tx: &broadcast::Sender<Arc<Event>>, event: Arc<Event>) {
+    fn sent(&self, tx: &fanout::Sender<Arc<Event>>, event: Arc<Event>) {
         let (events, len) = match &*event {
             Event::Messages(list) => (list.len(), list.iter().map(MessageFrames::common_len).sum()),
             Event::Presence { json, .. } => (1, json.len()),
             _ => (0, 0),
         };
-        if let Ok(n) = tx.send(event) {
+        let n = tx.send(event);
+        {
             let m = &self.shared.metrics;
             m.events_delivered_total.inc_by((n * events) as u64);
             m.bytes_sent_total.inc_by((n * len) as u64);

@@ -1,6 +1,7 @@
 //! The chat domain: validated types, messages and their frames, the live
 //! hub, and the single writer. No HTTP here.
 
+pub mod fanout;
 pub mod hub;
 pub mod message;
 pub mod subscriber;

@@ -11,10 +11,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
-use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::Stream;
 
+use super::fanout::{Receiver, RecvError, TryRecvError};
 use super::hub::{Subscription, SubscriptionGuard};
 use super::message::{self, Event, Format};
 use super::types::{ClientId, EventId};
@@ -23,7 +22,7 @@ use crate::metrics::Metrics;
 pub struct EventStream<G> {
     /// Sent before live events; dropped (with its buffer) once sent.
     prelude: Option<std::vec::IntoIter<Bytes>>,
-    rx: BroadcastStream<Arc<Event>>,
+    rx: Receiver<Arc<Event>>,
     viewer: ClientId,
     format: Format,
     /// The newest message id this stream has sent (or the client had):
@@ -52,7 +51,7 @@ impl<G> EventStream<G> {
         let Subscription { rx, guard, .. } = sub;
         EventStream {
             prelude: Some(prelude.into_iter()),
-            rx: BroadcastStream::new(rx),
+            rx,
             viewer,
             format,
             last_id,
@@ -72,21 +71,34 @@ const BATCH_BYTES: usize = 16 * 1024;
 
 impl<G> EventStream<G> {
     /// The next frame this stream should send, skipping what it must not.
-    fn next_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+    /// With `cx`, an empty channel registers for a wake-up; without, it
+    /// only looks (the batch loop's "anything more?").
+    fn next_frame(&mut self, mut cx: Option<&mut Context<'_>>) -> Poll<Option<Bytes>> {
         if self.done {
             return Poll::Ready(None);
         }
         loop {
-            let event = match Pin::new(&mut self.rx).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(missed)))) => {
+            let received = match cx.as_deref_mut() {
+                Some(cx) => match self.rx.poll_recv(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(r) => r,
+                },
+                None => match self.rx.try_recv() {
+                    Err(TryRecvError::Empty) => return Poll::Pending,
+                    Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                    Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                    Ok(event) => Ok(event),
+                },
+            };
+            let event = match received {
+                Err(RecvError::Closed) => return Poll::Ready(None),
+                Err(RecvError::Lagged(missed)) => {
                     self.done = true;
                     self.metrics.subscribers_dropped_total.inc();
                     tracing::warn!(missed, "slow subscriber disconnected");
                     return Poll::Ready(Some(message::lagged_frame(missed)));
                 }
-                Poll::Ready(Some(Ok(event))) => event,
+                Ok(event) => event,
             };
             let bytes = match &*event {
                 Event::Messages(list) => {
@@ -136,13 +148,13 @@ impl<G: Unpin> Stream for EventStream<G> {
             }
             this.prelude = None;
         }
-        let first = match this.next_frame(cx) {
+        let first = match this.next_frame(Some(cx)) {
             Poll::Ready(Some(b)) => b,
             other => return other.map(|o| o.map(Ok)),
         };
         let mut batch: Option<BytesMut> = None;
         while batch.as_ref().map_or(first.len(), BytesMut::len) < BATCH_BYTES {
-            match this.next_frame(cx) {
+            match this.next_frame(None) {
                 Poll::Ready(Some(more)) => {
                     batch
                         .get_or_insert_with(|| {
@@ -152,8 +164,8 @@ impl<G: Unpin> Stream for EventStream<G> {
                         })
                         .extend_from_slice(&more);
                 }
-                // Nothing more now (the waker is registered) or the end:
-                // send what we have; the next poll sees the end again.
+                // Nothing more now or the end: send what we have. The next
+                // poll registers for a wake-up, or sees the end again.
                 _ => break,
             }
         }

@@ -12,6 +12,7 @@ use warp::reply::Response;
 use super::error::ApiError;
 use super::form::Fields;
 use super::{identity, json_response, AppState, Ctx};
+use crate::chat::fanout::RecvError;
 use crate::chat::message::{Event, MessageJson};
 use crate::chat::types::{ClientMsgId, DisplayName, Invalid, MessageText, RoomName};
 use crate::limits::Refused;
@@ -347,8 +348,8 @@ async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiErro
                         Event::Shutdown => break false,
                         _ => continue,
                     },
-                    Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => break true,
-                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => break false,
+                    Ok(Err(RecvError::Lagged(_))) => break true,
+                    Ok(Err(RecvError::Closed)) => break false,
                 }
             };
             metrics.long_polls.dec();
