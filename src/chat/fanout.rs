@@ -14,6 +14,11 @@
 //! behind gets [`RecvError::Lagged`] with the number it missed and goes on
 //! from the oldest value kept; [`RecvError::Closed`] comes once the sender
 //! is gone and everything sent has been received.
+//!
+//! Memory: each receiver notes how far it has read (a store into its own
+//! slot); each send, which visits every receiver anyway to wake it, also
+//! finds the slowest and drops what everybody has read. A quiet room so
+//! keeps about one event, not `capacity` of them.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -46,7 +51,14 @@ struct Shared<T> {
     /// How many values were ever sent: the position the next one gets.
     tail: AtomicU64,
     closed: AtomicBool,
-    receivers: Mutex<Slab<Arc<AtomicWaker>>>,
+    receivers: Mutex<Slab<Arc<Slot>>>,
+}
+
+/// A receiver's part that the sender sees.
+struct Slot {
+    waker: AtomicWaker,
+    /// The receiver's position, or less (it is published after reading).
+    read_to: AtomicU64,
 }
 
 struct Ring<T> {
@@ -85,14 +97,21 @@ pub fn channel<T: Clone>(capacity: usize) -> Sender<T> {
 impl<T: Clone> Sender<T> {
     /// A receiver of everything sent from now on.
     pub fn subscribe(&self) -> Receiver<T> {
-        let waker = Arc::new(AtomicWaker::new());
-        // Registered before reading the tail: a send that the read misses
-        // wakes this receiver.
-        let key = lock(&self.shared.receivers).insert(waker.clone());
+        // Under the ring lock: no send can come between reading the tail
+        // and joining the receivers, so every later send wakes this one and
+        // counts its position before dropping anything.
+        let ring = lock(&self.shared.ring);
+        let next = self.shared.tail.load(SeqCst);
+        let slot = Arc::new(Slot {
+            waker: AtomicWaker::new(),
+            read_to: AtomicU64::new(next),
+        });
+        let key = lock(&self.shared.receivers).insert(slot.clone());
+        drop(ring);
         Receiver {
             shared: self.shared.clone(),
-            next: self.shared.tail.load(SeqCst),
-            waker,
+            next,
+            slot,
             key,
         }
     }
@@ -110,15 +129,23 @@ impl<T: Clone> Sender<T> {
                 .tail
                 .store(ring.first + ring.values.len() as u64, SeqCst);
         }
-        self.wake_all()
-    }
-
-    fn wake_all(&self) -> usize {
-        let receivers = lock(&self.shared.receivers);
-        for (_, waker) in receivers.iter() {
-            waker.wake();
+        let (count, slowest) = {
+            let receivers = lock(&self.shared.receivers);
+            let mut slowest = u64::MAX;
+            for (_, slot) in receivers.iter() {
+                slot.waker.wake();
+                slowest = slowest.min(slot.read_to.load(SeqCst));
+            }
+            (receivers.len(), slowest)
+        };
+        // Drop what every receiver has read (all of it if none is left).
+        let mut ring = lock(&self.shared.ring);
+        let read_by_all = slowest.min(self.shared.tail.load(SeqCst));
+        while ring.first < read_by_all {
+            ring.values.pop_front();
+            ring.first += 1;
         }
-        receivers.len()
+        count
     }
 
     pub fn receiver_count(&self) -> usize {
@@ -129,8 +156,8 @@ impl<T: Clone> Sender<T> {
 impl<T> Drop for Sender<T> {
     fn drop(&mut self) {
         self.shared.closed.store(true, SeqCst);
-        for (_, waker) in lock(&self.shared.receivers).iter() {
-            waker.wake();
+        for (_, slot) in lock(&self.shared.receivers).iter() {
+            slot.waker.wake();
         }
     }
 }
@@ -139,7 +166,7 @@ pub struct Receiver<T> {
     shared: Arc<Shared<T>>,
     /// The position of the next value to receive.
     next: u64,
-    waker: Arc<AtomicWaker>,
+    slot: Arc<Slot>,
     key: usize,
 }
 
@@ -157,10 +184,13 @@ impl<T: Clone> Receiver<T> {
         if self.next < ring.first {
             let missed = ring.first - self.next;
             self.next = ring.first;
+            self.slot.read_to.store(self.next, SeqCst);
             return Err(TryRecvError::Lagged(missed));
         }
         let value = ring.values[(self.next - ring.first) as usize].clone();
+        drop(ring);
         self.next += 1;
+        self.slot.read_to.store(self.next, SeqCst);
         Ok(value)
     }
 
@@ -175,7 +205,7 @@ impl<T: Clone> Receiver<T> {
         if let Poll::Ready(r) = attempt(self) {
             return Poll::Ready(r);
         }
-        self.waker.register(cx.waker());
+        self.slot.waker.register(cx.waker());
         // A send between the first look and the registration woke nobody:
         // look again.
         attempt(self)
@@ -230,6 +260,34 @@ mod tests {
     }
 
     #[test]
+    fn what_everybody_has_read_is_dropped_at_the_next_send() {
+        let tx = channel(64);
+        let value = Arc::new(());
+        let mut a = tx.subscribe();
+        let mut b = tx.subscribe();
+        tx.send(value.clone());
+        assert_eq!(a.try_recv(), Ok(value.clone()));
+        tx.send(Arc::new(()));
+        // b has not read the first value: the ring keeps it.
+        assert_eq!(Arc::strong_count(&value), 2);
+        assert_eq!(b.try_recv(), Ok(value.clone()));
+        drop(a);
+        tx.send(Arc::new(()));
+        // Everybody left has read it now: only the test holds it.
+        assert_eq!(Arc::strong_count(&value), 1);
+        assert_eq!(b.try_recv().map(|v| Arc::ptr_eq(&v, &value)), Ok(false));
+        assert_eq!(b.try_recv().map(|v| Arc::ptr_eq(&v, &value)), Ok(false));
+        assert_eq!(b.try_recv(), Err(TryRecvError::Empty));
+        drop(b);
+        tx.send(Arc::new(()));
+        assert_eq!(
+            lock(&tx.shared.ring).values.len(),
+            0,
+            "no receivers keep nothing"
+        );
+    }
+
+    #[test]
     fn closed_comes_after_everything_sent() {
         let tx = channel(4);
         let mut rx = tx.subscribe();
@@ -239,11 +297,12 @@ mod tests {
         assert_eq!(rx.try_recv(), Err(TryRecvError::Closed));
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn every_receiver_sees_every_value_once_under_concurrency() {
-        const N: u64 = 20_000;
-        let tx = channel::<u64>(64);
-        let tasks: Vec<_> = (0..8)
+    /// Receivers on two workers against a sender on its own thread:
+    /// values come in order, once each, and nobody misses a wake-up.
+    /// Returns the total each receiver skipped as lagged.
+    async fn race(n: u64, capacity: usize, receivers: usize) -> Vec<u64> {
+        let tx = channel::<u64>(capacity);
+        let tasks: Vec<_> = (0..receivers)
             .map(|_| {
                 let mut rx = tx.subscribe();
                 tokio::spawn(async move {
@@ -265,20 +324,35 @@ mod tests {
             })
             .collect();
         let sender = std::thread::spawn(move || {
-            for i in 0..N {
+            for i in 0..n {
                 tx.send(i);
                 if i % 64 == 0 {
                     std::thread::yield_now();
                 }
             }
         });
+        let mut skipped = Vec::new();
         for t in tasks {
-            let (seen, _lagged) = tokio::time::timeout(Duration::from_secs(20), t)
+            let (seen, lagged) = tokio::time::timeout(Duration::from_secs(20), t)
                 .await
                 .expect("a receiver missed a wake-up")
                 .unwrap();
-            assert_eq!(seen, N, "received plus skipped must cover every value");
+            assert_eq!(seen, n, "received plus skipped must cover every value");
+            skipped.push(lagged);
         }
         sender.join().unwrap();
+        skipped
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_receiver_sees_every_value_once_under_concurrency() {
+        race(20_000, 64, 8).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_what_was_read_never_makes_a_receiver_lag() {
+        // Room for everything: any lag would be a value dropped unread.
+        let skipped = race(5_000, 5_000, 8).await;
+        assert!(skipped.iter().all(|&s| s == 0), "{skipped:?}");
     }
 }
