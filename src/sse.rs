@@ -170,11 +170,7 @@ impl Parser {
         }
         let buf: &[u8] = if joined { &pending } else { chunk };
         let mut start = 0;
-        while let Some(end) = buf[start..]
-            .iter()
-            .position(|&b| b == b'\n' || b == b'\r')
-            .map(|n| start + n)
-        {
+        while let Some(end) = memchr::memchr2(b'\n', b'\r', &buf[start..]).map(|n| start + n) {
             let mut next = end + 1;
             if buf[end] == b'\r' {
                 match buf.get(next) {
@@ -203,8 +199,12 @@ impl Parser {
             self.dispatch(out);
             return;
         }
-        // Borrowed unless the line holds invalid UTF-8.
-        let line = String::from_utf8_lossy(raw);
+        // Borrowed unless the line holds invalid UTF-8 (checked the fast
+        // way first: almost every line is valid).
+        let line = match std::str::from_utf8(raw) {
+            Ok(s) => std::borrow::Cow::Borrowed(s),
+            Err(_) => String::from_utf8_lossy(raw),
+        };
         if let Some(comment) = line.strip_prefix(':') {
             out.push(Item::Comment(
                 comment.strip_prefix(' ').unwrap_or(comment).to_owned(),
@@ -224,6 +224,10 @@ impl Parser {
                 self.event.push_str(value);
             }
             "data" => {
+                if self.data.is_empty() {
+                    // Most events are one line: one exact allocation.
+                    self.data.reserve(value.len() + 1);
+                }
                 self.data.push_str(value);
                 self.data.push('\n');
                 self.has_data = true;

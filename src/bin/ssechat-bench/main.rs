@@ -169,6 +169,8 @@ struct Shared {
     payload_bytes: usize,
     /// `b<run>-`: marks this run's tokens.
     prefix: String,
+    /// Finds `prefix` in event data (built once: searching is per event).
+    finder: memchr::memmem::Finder<'static>,
     expected: u64,
     /// Subscribers keep per-delivery records (not in `--idle-only`).
     record: bool,
@@ -239,13 +241,13 @@ impl Shared {
 }
 
 /// Finds this run's token in an event's data: (seq, send time ns).
-fn parse_token(data: &str, prefix: &str) -> Option<(u32, u64)> {
+fn parse_token(data: &str, prefix: &memchr::memmem::Finder<'_>) -> Option<(u32, u64)> {
     fn digits(s: &str) -> (&str, &str) {
         let n = s.bytes().take_while(u8::is_ascii_digit).count();
         s.split_at(n)
     }
-    let i = data.find(prefix)?;
-    let (seq, rest) = digits(&data[i + prefix.len()..]);
+    let i = prefix.find(data.as_bytes())?;
+    let (seq, rest) = digits(&data[i + prefix.needle().len()..]);
     let (ns, _) = digits(rest.strip_prefix('-')?);
     Some((seq.parse().ok()?, ns.parse().ok()?))
 }
@@ -294,7 +296,7 @@ impl SubStats {
             return; // join / leave
         }
         let now = now_ns();
-        let Some((seq, sent)) = parse_token(&ev.data, &sh.prefix) else {
+        let Some((seq, sent)) = parse_token(&ev.data, &sh.finder) else {
             self.foreign += 1;
             return;
         };
@@ -768,6 +770,7 @@ async fn run(args: &Args, target: Target) -> Report {
         messages: m,
         payload_bytes: args.payload_bytes,
         prefix: format!("b{run_id}-"),
+        finder: memchr::memmem::Finder::new(&format!("b{run_id}-")).into_owned(),
         expected: report.expected,
         record: !args.idle_only,
         ready: AtomicUsize::new(0),
@@ -1175,9 +1178,10 @@ mod tests {
     #[test]
     fn tokens_round_trip_inside_json() {
         let data = r#"{"id":"7","room":"bench","name":"guest-1","text":"b42-17-123456789......","ts":1,"me":false}"#;
-        assert_eq!(parse_token(data, "b42-"), Some((17, 123456789)));
-        assert_eq!(parse_token(data, "b43-"), None);
-        assert_eq!(parse_token("b42-x", "b42-"), None);
+        let f = |p: &'static str| memchr::memmem::Finder::new(p);
+        assert_eq!(parse_token(data, &f("b42-")), Some((17, 123456789)));
+        assert_eq!(parse_token(data, &f("b43-")), None);
+        assert_eq!(parse_token("b42-x", &f("b42-")), None);
     }
 
     #[test]
