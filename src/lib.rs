@@ -5,8 +5,9 @@
 //! - [`config`]: flags and environment variables (clap).
 //! - [`startup`]: `Application`: binds, wires, serves, shuts down.
 //! - [`chat`]: the domain, no HTTP: validated types, messages and their
-//!   pre-encoded frames, the live [`chat::hub::Hub`] (rooms, broadcast
-//!   channels, presence), the single writer, and the per-stream subscriber.
+//!   pre-encoded frames, the live [`chat::hub::Hub`] (rooms, presence, and
+//!   each room's [`chat::fanout`] channel), the single writer, and the
+//!   per-stream subscriber.
 //! - [`store`]: history behind a narrow trait: memory, SQLite, and Redis
 //!   (cluster mode: history, ids, presence and fan-out between nodes).
 //! - [`http`]: the warp layer: pages, messages (POST, history, long-poll),

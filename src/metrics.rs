@@ -40,6 +40,7 @@ pub struct Metrics {
     pub subscribers_dropped_total: Counter,
     pub requests_rejected_total: Family<ReasonLabel, Counter>,
     pub post_latency_seconds: Histogram,
+    pub store_commit_seconds: Histogram,
     registry: Registry,
 }
 
@@ -53,6 +54,7 @@ impl Default for Metrics {
         let subscribers_dropped_total = Counter::default();
         let requests_rejected_total = Family::<ReasonLabel, Counter>::default();
         let post_latency_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
+        let store_commit_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
         let mut registry = Registry::with_prefix("ssechat");
         registry.register(
             "messages",
@@ -86,6 +88,11 @@ impl Default for Metrics {
             "Time from a POST's arrival to its answer",
             post_latency_seconds.clone(),
         );
+        registry.register(
+            "store_commit_seconds",
+            "Time the writer spends storing one batch of messages (with its fsync)",
+            store_commit_seconds.clone(),
+        );
         Metrics {
             messages_total,
             events_delivered_total,
@@ -95,6 +102,7 @@ impl Default for Metrics {
             subscribers_dropped_total,
             requests_rejected_total,
             post_latency_seconds,
+            store_commit_seconds,
             registry,
         }
     }

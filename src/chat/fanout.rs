@@ -22,7 +22,8 @@
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+use std::sync::atomic::Ordering::{Acquire, Release, SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -134,7 +135,7 @@ impl<T: Clone> Sender<T> {
             let mut slowest = u64::MAX;
             for (_, slot) in receivers.iter() {
                 slot.waker.wake();
-                slowest = slowest.min(slot.read_to.load(SeqCst));
+                slowest = slowest.min(slot.read_to.load(Acquire));
             }
             (receivers.len(), slowest)
         };
@@ -184,13 +185,15 @@ impl<T: Clone> Receiver<T> {
         if self.next < ring.first {
             let missed = ring.first - self.next;
             self.next = ring.first;
-            self.slot.read_to.store(self.next, SeqCst);
+            self.slot.read_to.store(self.next, Release);
             return Err(TryRecvError::Lagged(missed));
         }
         let value = ring.values[(self.next - ring.first) as usize].clone();
         drop(ring);
         self.next += 1;
-        self.slot.read_to.store(self.next, SeqCst);
+        // Release is enough: trimming also needs the ring lock, which this
+        // receiver held while it cloned.
+        self.slot.read_to.store(self.next, Release);
         Ok(value)
     }
 

@@ -131,7 +131,12 @@ fn run(
                 None
             };
         }
-        match store.append(&batch, now_ms()) {
+        let started = std::time::Instant::now();
+        let appended = store.append(&batch, now_ms());
+        metrics
+            .store_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match appended {
             Ok(outcomes) => {
                 let new: Vec<_> = outcomes
                     .iter()

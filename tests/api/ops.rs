@@ -31,6 +31,11 @@ async fn metrics_change_as_traffic_flows() {
     assert_eq!(metric_value(&after, "ssechat_sse_streams"), 1.0);
     assert_eq!(metric_value(&after, "ssechat_messages_total"), 1.0);
     assert!(metric_value(&after, "ssechat_events_delivered_total") >= 1.0);
+    // One batch stored: one commit timed.
+    assert_eq!(
+        metric_value(&after, "ssechat_store_commit_seconds_count"),
+        1.0
+    );
     assert_eq!(metric_value(&after, "ssechat_long_polls"), 0.0);
     assert_eq!(
         metric_value(&after, "ssechat_subscribers_dropped_total"),
