@@ -154,9 +154,27 @@ impl Parser {
         out
     }
 
-    /// Feeds bytes and appends what they complete to `out`. Complete lines
-    /// are read where they lie; only an unfinished last line is kept.
-    pub fn feed_into(&mut self, mut chunk: &[u8], out: &mut Vec<Item>) {
+    /// Feeds bytes and appends what they complete to `out`.
+    pub fn feed_into(&mut self, chunk: &[u8], out: &mut Vec<Item>) {
+        self.feed_with(chunk, |item| {
+            out.push(match item {
+                ItemRef::Event(e) => Item::Event(ParsedEvent {
+                    event: e.event.to_owned(),
+                    data: e.data.to_owned(),
+                    last_event_id: e.last_event_id.to_owned(),
+                    has_id: e.has_id,
+                }),
+                ItemRef::Comment(c) => Item::Comment(c.to_owned()),
+                ItemRef::Retry(ms) => Item::Retry(ms),
+            })
+        });
+    }
+
+    /// Feeds bytes and hands each completed item, borrowed, to `on_item`:
+    /// nothing is allocated per event (for clients that read a lot, like
+    /// the load generator). Complete lines are read where they lie; only an
+    /// unfinished last line is kept.
+    pub fn feed_with(&mut self, mut chunk: &[u8], mut on_item: impl FnMut(ItemRef<'_>)) {
         if self.after_cr {
             self.after_cr = false;
             if chunk.first() == Some(&b'\n') {
@@ -179,7 +197,7 @@ impl Parser {
                     None => self.after_cr = true,
                 }
             }
-            self.line(&buf[start..end], out);
+            self.line(&buf[start..end], &mut on_item);
             start = next;
         }
         if joined {
@@ -190,13 +208,13 @@ impl Parser {
         self.pending = pending;
     }
 
-    fn line(&mut self, mut raw: &[u8], out: &mut Vec<Item>) {
+    fn line(&mut self, mut raw: &[u8], on_item: &mut impl FnMut(ItemRef<'_>)) {
         if !self.started {
             self.started = true;
             raw = raw.strip_prefix("\u{feff}".as_bytes()).unwrap_or(raw);
         }
         if raw.is_empty() {
-            self.dispatch(out);
+            self.dispatch(on_item);
             return;
         }
         // Borrowed unless the line holds invalid UTF-8 (checked the fast
@@ -206,8 +224,8 @@ impl Parser {
             Err(_) => String::from_utf8_lossy(raw),
         };
         if let Some(comment) = line.strip_prefix(':') {
-            out.push(Item::Comment(
-                comment.strip_prefix(' ').unwrap_or(comment).to_owned(),
+            on_item(ItemRef::Comment(
+                comment.strip_prefix(' ').unwrap_or(comment),
             ));
             return;
         }
@@ -224,10 +242,6 @@ impl Parser {
                 self.event.push_str(value);
             }
             "data" => {
-                if self.data.is_empty() {
-                    // Most events are one line: one exact allocation.
-                    self.data.reserve(value.len() + 1);
-                }
                 self.data.push_str(value);
                 self.data.push('\n');
                 self.has_data = true;
@@ -239,32 +253,50 @@ impl Parser {
             }
             "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
                 if let Ok(ms) = value.parse() {
-                    out.push(Item::Retry(ms));
+                    on_item(ItemRef::Retry(ms));
                 }
             }
             _ => {}
         }
     }
 
-    fn dispatch(&mut self, out: &mut Vec<Item>) {
-        let event = std::mem::take(&mut self.event);
-        let mut data = std::mem::take(&mut self.data);
+    /// A blank line: the event so far, if it has data. The buffers are
+    /// cleared, not freed: the next event reuses them.
+    fn dispatch(&mut self, on_item: &mut impl FnMut(ItemRef<'_>)) {
         let has_id = std::mem::replace(&mut self.has_id, false);
-        if !std::mem::replace(&mut self.has_data, false) {
-            return;
+        if std::mem::replace(&mut self.has_data, false) {
+            let data = &self.data[..self.data.len() - 1]; // the trailing LF
+            on_item(ItemRef::Event(EventRef {
+                event: if self.event.is_empty() {
+                    "message"
+                } else {
+                    &self.event
+                },
+                data,
+                last_event_id: &self.last_event_id,
+                has_id,
+            }));
         }
-        data.pop(); // the trailing LF
-        out.push(Item::Event(ParsedEvent {
-            event: if event.is_empty() {
-                "message".to_owned()
-            } else {
-                event
-            },
-            data,
-            last_event_id: self.last_event_id.clone(),
-            has_id,
-        }));
+        self.event.clear();
+        self.data.clear();
     }
+}
+
+/// An event as [`Parser::feed_with`] hands it over, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventRef<'a> {
+    pub event: &'a str,
+    pub data: &'a str,
+    pub last_event_id: &'a str,
+    pub has_id: bool,
+}
+
+/// What [`Parser::feed_with`] reports, in stream order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemRef<'a> {
+    Event(EventRef<'a>),
+    Comment(&'a str),
+    Retry(u64),
 }
 
 #[cfg(test)]

@@ -119,6 +119,45 @@ async fn long_poll_is_released_by_the_next_message() {
 }
 
 #[tokio::test]
+async fn long_poll_ignores_the_late_fan_out_of_what_it_already_has() {
+    // The writer answers a POST before the fan-out, so a client can start
+    // a long-poll `since` its own message while that message is still on
+    // its way to the room. Its arrival must not end the poll, empty.
+    use ssechat::chat::message::Message;
+    use ssechat::chat::types::{ClientId, DisplayName, EventId, RoomName};
+    let app = spawn_app().await;
+    let first = app.send(None, "late", "mine").await;
+    let url = app.url(&format!("/chat/messages?room=late&since={first}&wait=20"));
+    let http = app.http.clone();
+    let poll = tokio::spawn(async move {
+        http.get(url)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    let m = app.chat.hub.metrics().clone();
+    crate::helpers::eventually("the long-poll is waiting", || m.long_polls.get() == 1).await;
+    // The late fan-out of the message the poll already knows.
+    app.chat.hub.publish(vec![Message {
+        id: EventId(first.parse().unwrap()),
+        room: RoomName::parse("late").unwrap(),
+        name: DisplayName::parse("someone").unwrap(),
+        text: "mine".into(),
+        ts: 0,
+        sender: ClientId(1),
+    }]);
+    let id = app.send(None, "late", "next").await;
+    let v = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("released")
+        .unwrap();
+    assert_eq!(ids(&v), vec![id], "{v}");
+}
+
+#[tokio::test]
 async fn long_poll_times_out_empty_with_since_as_last_id() {
     let app = spawn_app().await;
     let first = app.send(None, "lt", "x").await;

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser as ClapParser, ValueEnum};
 use serde::Serialize;
-use ssechat::sse::{Item, ParsedEvent, Parser};
+use ssechat::sse::{EventRef, ItemRef, Parser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Mutex, Notify, OwnedSemaphorePermit, Semaphore};
@@ -282,7 +282,7 @@ struct SubStats {
 impl SubStats {
     fn on_event(
         &mut self,
-        ev: ParsedEvent,
+        ev: EventRef<'_>,
         sh: &Shared,
         permit: &mut Option<OwnedSemaphorePermit>,
     ) {
@@ -296,7 +296,7 @@ impl SubStats {
             return; // join / leave
         }
         let now = now_ns();
-        let Some((seq, sent)) = parse_token(&ev.data, &sh.finder) else {
+        let Some((seq, sent)) = parse_token(ev.data, &sh.finder) else {
             self.foreign += 1;
             return;
         };
@@ -311,10 +311,11 @@ impl SubStats {
         }
         self.seen[word] |= bit;
         if sh.mode == Mode::Ssechat {
-            if !self.last_id.is_empty() && !id_after(&ev.last_event_id, &self.last_id) {
+            if !self.last_id.is_empty() && !id_after(ev.last_event_id, &self.last_id) {
                 self.id_disorder += 1;
             }
-            self.last_id = ev.last_event_id;
+            self.last_id.clear();
+            self.last_id.push_str(ev.last_event_id);
         }
         self.latencies_us
             .push((now.saturating_sub(sent) / 1000).min(u32::MAX as u64) as u32);
@@ -402,24 +403,26 @@ async fn subscriber(
     }
     let mut chunked = head.chunked.then(Chunked::default);
     let mut parser = Parser::new();
-    let mut items: Vec<Item> = Vec::new();
     let mut pending = std::mem::take(&mut buf);
     loop {
         if !pending.is_empty() {
+            // Events are looked at where the parser holds them: nothing is
+            // allocated per delivery (this process shares the cores with
+            // the server it measures).
+            let mut on_item = |item: ItemRef<'_>| {
+                if let ItemRef::Event(ev) = item {
+                    st.on_event(ev, &sh, &mut permit);
+                }
+            };
             match &mut chunked {
-                Some(dec) => match dec.feed(&pending, |d| parser.feed_into(d, &mut items)) {
+                Some(dec) => match dec.feed(&pending, |d| parser.feed_with(d, &mut on_item)) {
                     Ok(false) => {}
                     Ok(true) => return st.fail(&sh, "stream ended".into()),
                     Err(e) => return st.fail(&sh, e),
                 },
-                None => parser.feed_into(&pending, &mut items),
+                None => parser.feed_with(&pending, &mut on_item),
             }
             pending.clear();
-            for item in items.drain(..) {
-                if let Item::Event(ev) = item {
-                    st.on_event(ev, &sh, &mut permit);
-                }
-            }
         }
         tokio::select! {
             biased;
