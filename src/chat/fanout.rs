@@ -119,17 +119,49 @@ impl<T: Clone> Sender<T> {
 
     /// Sends to every receiver and wakes them; returns how many there are.
     pub fn send(&self, value: T) -> usize {
-        {
-            let mut ring = lock(&self.shared.ring);
-            if ring.values.len() == ring.capacity {
-                ring.values.pop_front();
-                ring.first += 1;
-            }
-            ring.values.push_back(value);
-            self.shared
-                .tail
-                .store(ring.first + ring.values.len() as u64, SeqCst);
+        self.push(value);
+        self.waker().wake_all()
+    }
+
+    /// Puts a value in the channel without waking anyone: a receiver that
+    /// looks finds it, and a receiver that subscribes later does not get
+    /// it. [`Waker::wake_all`] wakes the waiting ones.
+    pub fn push(&self, value: T) {
+        let mut ring = lock(&self.shared.ring);
+        if ring.values.len() == ring.capacity {
+            ring.values.pop_front();
+            ring.first += 1;
         }
+        ring.values.push_back(value);
+        self.shared
+            .tail
+            .store(ring.first + ring.values.len() as u64, SeqCst);
+    }
+
+    /// A handle that wakes this channel's receivers (and does not close the
+    /// channel when dropped).
+    pub fn waker(&self) -> Waker<T> {
+        Waker {
+            shared: self.shared.clone(),
+        }
+    }
+
+    pub fn receiver_count(&self) -> usize {
+        lock(&self.shared.receivers).len()
+    }
+}
+
+/// Wakes a channel's waiting receivers: the second half of a send split in
+/// two, so a thread can put values in order ([`Sender::push`]) and a task on
+/// the runtime can do the waking, which is cheaper there.
+pub struct Waker<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T> Waker<T> {
+    /// Wakes every receiver, drops what all of them have read, and returns
+    /// how many there are.
+    pub fn wake_all(&self) -> usize {
         let (count, slowest) = {
             let receivers = lock(&self.shared.receivers);
             let mut slowest = u64::MAX;
@@ -147,10 +179,6 @@ impl<T: Clone> Sender<T> {
             ring.first += 1;
         }
         count
-    }
-
-    pub fn receiver_count(&self) -> usize {
-        lock(&self.shared.receivers).len()
     }
 }
 
@@ -288,6 +316,24 @@ mod tests {
             0,
             "no receivers keep nothing"
         );
+    }
+
+    #[tokio::test]
+    async fn a_pushed_value_is_there_before_the_wake_and_not_for_later_subscribers() {
+        let tx = channel(8);
+        let mut early = tx.subscribe();
+        let waiting = tokio::spawn(async move { early.recv().await });
+        tokio::task::yield_now().await;
+        tx.push(7);
+        let mut late = tx.subscribe();
+        assert_eq!(late.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(tx.waker().wake_all(), 2);
+        let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert_eq!(got, Ok(7));
+        assert_eq!(late.try_recv(), Err(TryRecvError::Empty));
     }
 
     #[test]

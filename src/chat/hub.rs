@@ -106,6 +106,35 @@ pub struct SubscriptionGuard {
     client: Option<ClientId>,
 }
 
+/// Messages put in their rooms' channels by [`Hub::stage`], waiting for
+/// [`Staged::wake`]. Dropping it unwoken leaves them for receivers to find
+/// at their next look (keep-alive at the latest), so always wake.
+#[must_use = "staged messages wake nobody until `wake` is called"]
+pub struct Staged {
+    metrics: Arc<Metrics>,
+    rooms: Vec<StagedRoom>,
+}
+
+struct StagedRoom {
+    waker: fanout::Waker<Arc<Event>>,
+    /// Events and bytes each receiver gets.
+    counts: (usize, usize),
+}
+
+impl Staged {
+    /// Wakes the receivers of every room the messages went to.
+    pub fn wake(self) {
+        for StagedRoom { waker, counts } in self.rooms {
+            count_delivered(&self.metrics, waker.wake_all(), counts.0, counts.1);
+        }
+    }
+}
+
+fn count_delivered(m: &Metrics, receivers: usize, events: usize, len: usize) {
+    m.events_delivered_total.inc_by((receivers * events) as u64);
+    m.bytes_sent_total.inc_by((receivers * len) as u64);
+}
+
 impl Drop for SubscriptionGuard {
     fn drop(&mut self) {
         self.hub.release(&self.room, self.client);
@@ -256,7 +285,17 @@ impl Hub {
     /// in one call travel as one event: each subscriber then wakes once and
     /// writes them with one `writev`, instead of once per message.
     pub fn publish(&self, messages: Vec<Message>) {
-        // Encode outside the lock: the lock only covers the sends.
+        self.stage(messages).wake();
+    }
+
+    /// The first half of [`Hub::publish`]: puts the messages in their rooms'
+    /// channels, in order, without waking anyone. From then on a stream or
+    /// long-poll that opens does not get them live (they are history), and
+    /// one already open finds them when it looks. [`Staged::wake`] wakes
+    /// the waiting ones; the writer thread stages before it answers the
+    /// POSTs and leaves the waking (a thousand wakes) to a runtime task.
+    pub fn stage(&self, messages: Vec<Message>) -> Staged {
+        // Encode outside the lock: the lock only covers the pushes.
         let mut by_room: Vec<(RoomName, Vec<MessageFrames>)> = Vec::new();
         for m in messages {
             let frames = MessageFrames::new(m);
@@ -267,28 +306,41 @@ impl Hub {
             }
         }
         let state = self.lock();
-        for (room, list) in by_room {
-            if let Some(r) = state.rooms.get(&room) {
-                self.sent(&r.tx, Arc::new(Event::Messages(list)));
-            }
+        let rooms = by_room
+            .into_iter()
+            .filter_map(|(room, list)| {
+                let r = state.rooms.get(&room)?;
+                let event = Arc::new(Event::Messages(list));
+                let counts = Self::counts(&event);
+                r.tx.push(event);
+                Some(StagedRoom {
+                    waker: r.tx.waker(),
+                    counts,
+                })
+            })
+            .collect();
+        Staged {
+            metrics: self.shared.metrics.clone(),
+            rooms,
         }
     }
 
-    /// Counts an event fanned out to `n` receivers. Counting here, once per
-    /// event, keeps atomic increments off the per-subscriber path.
+    /// (events, bytes) one receiver gets from `event`, for the metrics.
     /// Bytes are counted as the common (JSON, not-me) rendering.
-    fn sent(&self, tx: &fanout::Sender<Arc<Event>>, event: Arc<Event>) {
-        let (events, len) = match &*event {
+    fn counts(event: &Event) -> (usize, usize) {
+        match event {
             Event::Messages(list) => (list.len(), list.iter().map(MessageFrames::common_len).sum()),
             Event::Presence { json, .. } => (1, json.len()),
             _ => (0, 0),
-        };
-        let n = tx.send(event);
-        {
-            let m = &self.shared.metrics;
-            m.events_delivered_total.inc_by((n * events) as u64);
-            m.bytes_sent_total.inc_by((n * len) as u64);
         }
+    }
+
+    /// Sends an event and counts it, fanned out to `n` receivers, once per
+    /// event: no atomic increments on the per-subscriber path.
+    fn sent(&self, tx: &fanout::Sender<Arc<Event>>, event: Arc<Event>) {
+        let (events, len) = Self::counts(&event);
+        let n = tx.send(event);
+        count_delivered(&self.shared.metrics, n, events, len);
     }
 
     /// Sends an event to a room's streams on this node (cluster presence).

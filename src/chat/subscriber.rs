@@ -194,6 +194,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stream_opened_after_staging_gets_the_next_message_not_the_staged_one() {
+        let hub = Hub::new(16, Arc::new(Metrics::default()));
+        let (room, me) = (RoomName::lobby(), DisplayName::parse("me").unwrap());
+        // Someone is in the room, so it exists; the writer stages (and
+        // answers the POST) before the wake-up.
+        let _other = hub.open_stream(&room, ClientId(9), &me).unwrap();
+        let staged = hub.stage(vec![msg(1, 2)]);
+        let sub = hub.open_stream(&room, ClientId(1), &me).unwrap();
+        let mut s = EventStream::new(
+            sub,
+            Vec::new(),
+            ClientId(1),
+            Format::Text,
+            None,
+            1000,
+            hub.metrics().clone(),
+            (),
+        );
+        staged.wake();
+        hub.publish(vec![msg(2, 2)]);
+        let chunk = s.next().await.unwrap().unwrap();
+        let texts: Vec<String> = Parser::new()
+            .feed(&chunk)
+            .into_iter()
+            .filter_map(|i| match i {
+                Item::Event(e) => Some(e.data),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(texts, ["n: t2"]);
+    }
+
+    #[tokio::test]
     async fn a_published_batch_arrives_as_one_chunk_without_replayed_ids() {
         let hub = Hub::new(16, Arc::new(Metrics::default()));
         let sub = hub

@@ -1,11 +1,12 @@
 //! The single writer: every append goes through one thread, which
-//! commits in batches (group commit), answers the waiting POSTs, and hands
-//! the new messages, in commit order, to one publisher task.
+//! commits in batches (group commit), puts the new messages in their rooms'
+//! channels in commit order, answers the waiting POSTs, and leaves waking
+//! the subscribers to one publisher task.
 //!
 //! One writer is what makes ids and delivery agree: ids are assigned in the
-//! order messages are committed, and one task broadcasts them in that
-//! order, so every subscriber sees strictly increasing ids with no gaps that
-//! later fill in. A message is broadcast only after it is durable, so an id
+//! order messages are committed, and the same thread puts them in the
+//! channels in that order, so every subscriber sees strictly increasing ids
+//! with no gaps that later fill in. A message is broadcast only after it is durable, so an id
 //! a subscriber has seen is never lost or reused by a crash.
 
 use std::sync::{Arc, Mutex};
@@ -14,8 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::hub::Hub;
-use super::message::Message;
+use super::hub::{Hub, Staged};
 use crate::metrics::Metrics;
 use crate::store::{Appended, NewMessage, Store, StoreError};
 
@@ -41,28 +41,31 @@ impl Writer {
     /// Starts the writer thread and its publisher task (call from within
     /// the tokio runtime).
     ///
-    /// The thread commits and answers. Broadcasting happens in a task on
-    /// the runtime: waking a thousand subscribers from inside the runtime
-    /// queues them on the waking worker, whereas every wake from a foreign
-    /// thread goes through the shared inject queue and may unpark a worker
-    /// (measured: about twice the futex and wake-up traffic). Answers go
-    /// straight from the thread, a few wakes per batch: answered from the
-    /// publisher, a POST waited behind the fan-out it had just started
-    /// (measured at 1,000 subscribers: 14 ms → 2 ms mean in the handler).
+    /// The thread commits, puts the new messages in their rooms' channels
+    /// ([`Hub::stage`]), and answers. Waking the subscribers happens in a
+    /// task on the runtime: waking a thousand subscribers from inside the
+    /// runtime queues them on the waking worker, whereas every wake from a
+    /// foreign thread goes through the shared inject queue and may unpark a
+    /// worker (measured: about twice the futex and wake-up traffic).
+    /// Answers go straight from the thread, a few wakes per batch: answered
+    /// from the publisher, a POST waited behind the fan-out it had just
+    /// started (measured at 1,000 subscribers: 14 ms → 2 ms mean in the
+    /// handler). Staging first keeps the promise that a stream opened after
+    /// a POST was answered does not get that message live.
     pub fn start(store: Arc<dyn Store>, hub: Hub) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        let (committed_tx, mut committed) = mpsc::unbounded_channel::<Vec<Message>>();
+        let (staged_tx, mut staged) = mpsc::unbounded_channel::<Staged>();
         // A store that broadcasts itself (Redis) needs no publisher.
-        let committed_tx = (!store.broadcasts_itself()).then_some(committed_tx);
+        let publish = (!store.broadcasts_itself()).then(|| (hub.clone(), staged_tx));
         let metrics = hub.metrics().clone();
         let publisher = tokio::spawn(async move {
-            while let Some(new) = committed.recv().await {
-                hub.publish(new);
+            while let Some(batch) = staged.recv().await {
+                batch.wake();
             }
         });
         let thread = std::thread::Builder::new()
             .name("ssechat-writer".into())
-            .spawn(move || run(store, rx, committed_tx, metrics))
+            .spawn(move || run(store, rx, publish, metrics))
             .expect("spawning the writer thread");
         Writer {
             tx: Mutex::new(Some(tx)),
@@ -115,7 +118,7 @@ fn now_ms() -> i64 {
 fn run(
     store: Arc<dyn Store>,
     mut rx: mpsc::Receiver<(NewMessage, Reply)>,
-    committed: Option<mpsc::UnboundedSender<Vec<Message>>>,
+    publish: Option<(Hub, mpsc::UnboundedSender<Staged>)>,
     metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -146,14 +149,22 @@ fn run(
                     })
                     .collect();
                 metrics.messages_total.inc_by(new.len() as u64);
-                // Answer first, from here: each waiting POST is queued on
-                // the runtime at once, ahead of the fan-out it would
-                // otherwise wait behind. The messages are durable already.
+                // In the channels before anyone hears of them.
+                let staged = match (&publish, new.is_empty()) {
+                    (Some((hub, _)), false) => Some(hub.stage(new)),
+                    _ => None,
+                };
+                // Answer from here: each waiting POST is queued on the
+                // runtime at once, ahead of the fan-out it would otherwise
+                // wait behind. The messages are durable already.
                 for (reply, outcome) in replies.drain(..).zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }
-                if let (Some(publisher), false) = (&committed, new.is_empty()) {
-                    let _ = publisher.send(new);
+                if let (Some((_, publisher)), Some(staged)) = (&publish, staged) {
+                    if let Err(unsent) = publisher.send(staged) {
+                        // The publisher is gone (shutting down): wake here.
+                        unsent.0.wake();
+                    }
                 }
             }
             Err(e) => {

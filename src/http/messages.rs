@@ -344,9 +344,9 @@ async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiErro
                 match tokio::time::timeout_at(deadline, sub.rx.recv()).await {
                     Err(_) => break false,
                     Ok(Ok(ev)) => match &*ev {
-                        // Messages the read above already covered: the
-                        // writer answers a POST before the fan-out, so an
-                        // acknowledged message can still be on its way.
+                        // Messages the read above already covered (in a
+                        // cluster, a POST is answered before its fan-out
+                        // reaches every node).
                         Event::Messages(list)
                             if since.is_some_and(|s| list.iter().all(|m| m.message.id <= s)) =>
                         {

@@ -120,9 +120,10 @@ async fn long_poll_is_released_by_the_next_message() {
 
 #[tokio::test]
 async fn long_poll_ignores_the_late_fan_out_of_what_it_already_has() {
-    // The writer answers a POST before the fan-out, so a client can start
-    // a long-poll `since` its own message while that message is still on
-    // its way to the room. Its arrival must not end the poll, empty.
+    // In a cluster a POST is answered before its fan-out reaches every
+    // node, so a client can start a long-poll `since` its own message while
+    // that message is still on its way. Its arrival must not end the poll,
+    // empty.
     use ssechat::chat::message::Message;
     use ssechat::chat::types::{ClientId, DisplayName, EventId, RoomName};
     let app = spawn_app().await;
