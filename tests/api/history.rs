@@ -4,7 +4,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::helpers::{spawn_app, token};
+use crate::helpers::{spawn_app, token, TestApp};
+use tokio::task::JoinHandle;
 
 fn ids(v: &Value) -> Vec<String> {
     v["messages"]
@@ -93,25 +94,10 @@ async fn bad_history_parameters_are_400() {
 async fn long_poll_is_released_by_the_next_message() {
     let app = spawn_app().await;
     let first = app.send(None, "lp", "before").await;
-    let url = app.url(&format!("/chat/messages?room=lp&since={first}&wait=20"));
-    let http = app.http.clone();
     let started = Instant::now();
-    let poll = tokio::spawn(async move {
-        http.get(url)
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
-    });
-    let m = app.chat.hub.metrics().clone();
-    crate::helpers::eventually("the long-poll is waiting", || m.long_polls.get() == 1).await;
+    let poll = waiting_long_poll(&app, "lp", &first).await;
     let id = app.send(None, "lp", "after").await;
-    let v = tokio::time::timeout(Duration::from_secs(5), poll)
-        .await
-        .expect("released")
-        .unwrap();
+    let v = released(poll).await;
     assert!(started.elapsed() < Duration::from_secs(15));
     assert_eq!(ids(&v), vec![id.clone()]);
     assert_eq!(v["last_id"], id.as_str());
@@ -128,19 +114,7 @@ async fn long_poll_ignores_the_late_fan_out_of_what_it_already_has() {
     use ssechat::chat::types::{ClientId, DisplayName, EventId, RoomName};
     let app = spawn_app().await;
     let first = app.send(None, "late", "mine").await;
-    let url = app.url(&format!("/chat/messages?room=late&since={first}&wait=20"));
-    let http = app.http.clone();
-    let poll = tokio::spawn(async move {
-        http.get(url)
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
-    });
-    let m = app.chat.hub.metrics().clone();
-    crate::helpers::eventually("the long-poll is waiting", || m.long_polls.get() == 1).await;
+    let poll = waiting_long_poll(&app, "late", &first).await;
     // The late fan-out of the message the poll already knows.
     app.chat.hub.publish(vec![Message {
         id: EventId(first.parse().unwrap()),
@@ -151,10 +125,7 @@ async fn long_poll_ignores_the_late_fan_out_of_what_it_already_has() {
         sender: ClientId(1),
     }]);
     let id = app.send(None, "late", "next").await;
-    let v = tokio::time::timeout(Duration::from_secs(5), poll)
-        .await
-        .expect("released")
-        .unwrap();
+    let v = released(poll).await;
     assert_eq!(ids(&v), vec![id], "{v}");
 }
 
@@ -171,19 +142,34 @@ async fn long_poll_times_out_empty_with_since_as_last_id() {
 async fn shutdown_answers_waiting_long_polls_at_once() {
     let app = spawn_app().await;
     let first = app.send(None, "ls", "x").await;
-    let url = app.url(&format!("/chat/messages?room=ls&since={first}&wait=30"));
-    let http = app.http.clone();
-    let poll = tokio::spawn(async move { http.get(url).send().await.unwrap() });
-    let m = app.chat.hub.metrics().clone();
-    crate::helpers::eventually("the long-poll is waiting", || m.long_polls.get() == 1).await;
+    let poll = waiting_long_poll(&app, "ls", &first).await;
     let started = Instant::now();
     app.stop().await;
-    let res = tokio::time::timeout(Duration::from_secs(5), poll)
-        .await
-        .expect("answered")
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let v: Value = res.json().await.unwrap();
+    let v = released(poll).await;
     assert_eq!(v["messages"], serde_json::json!([]));
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// Starts a long-poll (up to 20 s) for what comes after `since` in `room`,
+/// and returns once the server holds it. The handle gives the answer's
+/// JSON, after checking it is a 200.
+async fn waiting_long_poll(app: &TestApp, room: &str, since: &str) -> JoinHandle<Value> {
+    let url = app.url(&format!("/chat/messages?room={room}&since={since}&wait=20"));
+    let http = app.http.clone();
+    let poll = tokio::spawn(async move {
+        let res = http.get(url).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.json::<Value>().await.unwrap()
+    });
+    let m = app.chat.hub.metrics().clone();
+    crate::helpers::eventually("the long-poll is waiting", || m.long_polls.get() == 1).await;
+    poll
+}
+
+/// The long-poll's answer, which must come within 5 s.
+async fn released(poll: JoinHandle<Value>) -> Value {
+    tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("the long-poll was answered")
+        .unwrap()
 }
