@@ -177,10 +177,22 @@ impl<G: Unpin> Stream for EventStream<G> {
 mod tests {
     use super::*;
     use crate::chat::hub::Hub;
+    use crate::chat::hub::PRESENCE_GATHER;
     use crate::chat::message::Message;
     use crate::chat::types::{DisplayName, RoomName};
     use crate::sse::{Item, Parser};
     use futures_util::StreamExt;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    #[derive(Default)]
+    struct CountingWaker(AtomicUsize);
+
+    impl Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 
     fn msg(id: u64, sender: u128) -> Message {
         Message {
@@ -224,6 +236,71 @@ mod tests {
             })
             .collect();
         assert_eq!(texts, ["n: t2"]);
+    }
+
+    fn stream_of(hub: &Hub, client: u128) -> EventStream<()> {
+        let sub = hub
+            .open_stream(
+                &RoomName::lobby(),
+                ClientId(client),
+                &DisplayName::parse(&format!("c{client}")).unwrap(),
+            )
+            .unwrap();
+        EventStream::new(
+            sub,
+            Vec::new(),
+            ClientId(client),
+            Format::Text,
+            None,
+            1000,
+            hub.metrics().clone(),
+            (),
+        )
+    }
+
+    fn events_in(chunk: &[u8]) -> Vec<(String, String)> {
+        Parser::new()
+            .feed(chunk)
+            .into_iter()
+            .filter_map(|i| match i {
+                Item::Event(e) => Some((e.event, e.data)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_joins_wakes_a_stream_once_and_goes_out_as_one_write() {
+        let hub = Hub::new(16, Arc::new(Metrics::default()));
+        let mut first = stream_of(&hub, 1);
+        let wakes = Arc::new(CountingWaker::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        assert!(Pin::new(&mut first).poll_next(&mut cx).is_pending());
+        let _others: Vec<_> = (2..=4).map(|c| stream_of(&hub, c)).collect();
+        tokio::task::yield_now().await;
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "joins wait for company");
+        tokio::time::sleep(PRESENCE_GATHER + std::time::Duration::from_millis(1)).await;
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "one wake for the burst");
+        let Poll::Ready(Some(Ok(chunk))) = Pin::new(&mut first).poll_next(&mut cx) else {
+            panic!("the joins are there");
+        };
+        let kinds: Vec<String> = events_in(&chunk).into_iter().map(|e| e.0).collect();
+        assert_eq!(kinds, ["join", "join", "join"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_wakes_at_once_and_pending_joins_come_first() {
+        let hub = Hub::new(16, Arc::new(Metrics::default()));
+        let mut first = stream_of(&hub, 1);
+        let _second = stream_of(&hub, 2);
+        hub.publish(vec![msg(1, 2)]);
+        let started = tokio::time::Instant::now();
+        let chunk = first.next().await.unwrap().unwrap();
+        assert_eq!(started.elapsed(), std::time::Duration::ZERO, "no waiting");
+        let events = events_in(&chunk);
+        let kinds: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(kinds, ["join", "message"]);
     }
 
     #[tokio::test]
