@@ -84,6 +84,8 @@ struct Room {
     watchers: usize,
     /// Presence events wait in the channel; a wake-up is on its way.
     wake_pending: bool,
+    /// Presence events put in the channel since the last wake-up.
+    unwoken: usize,
 }
 
 struct Presence {
@@ -259,6 +261,7 @@ impl Hub {
             presence: HashMap::new(),
             watchers: 0,
             wake_pending: false,
+            unwoken: 0,
         })
     }
 
@@ -299,13 +302,20 @@ impl Hub {
         let (events, len) = Self::counts(&event);
         count_delivered(&self.shared.metrics, r.tx.receiver_count(), events, len);
         r.tx.push(event);
+        r.unwoken += 1;
+        // A burst must not fill the channel while nobody reads it: streams
+        // would fall more than the capacity behind and be cut off.
+        let full_enough = r.unwoken >= (self.shared.capacity / 4).max(1);
+        let runtime = tokio::runtime::Handle::try_current();
+        if full_enough || runtime.is_err() {
+            r.unwoken = 0;
+            r.tx.waker().wake_all();
+            return;
+        }
         if r.wake_pending {
             return;
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            r.tx.waker().wake_all();
-            return;
-        };
+        let Ok(runtime) = runtime else { return };
         r.wake_pending = true;
         let (hub, room, waker) = (self.clone(), room.clone(), r.tx.waker());
         runtime.spawn(async move {
@@ -314,8 +324,14 @@ impl Hub {
             // its own wake-up; one pushed before is covered by this one.
             if let Some(r) = hub.lock().rooms.get_mut(&room) {
                 r.wake_pending = false;
+                r.unwoken = 0;
             }
             waker.wake_all();
+            // The woken streams have read by now, most likely: let the
+            // burst's events go (a quiet room would otherwise keep them
+            // until its next event, the keep-alive at the latest).
+            tokio::time::sleep(PRESENCE_GATHER).await;
+            waker.trim();
         });
     }
 

@@ -271,7 +271,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_burst_of_joins_wakes_a_stream_once_and_goes_out_as_one_write() {
-        let hub = Hub::new(16, Arc::new(Metrics::default()));
+        let hub = Hub::new(64, Arc::new(Metrics::default()));
         let mut first = stream_of(&hub, 1);
         let wakes = Arc::new(CountingWaker::default());
         let waker = std::task::Waker::from(wakes.clone());
@@ -287,6 +287,37 @@ mod tests {
         };
         let kinds: Vec<String> = events_in(&chunk).into_iter().map(|e| e.0).collect();
         assert_eq!(kinds, ["join", "join", "join"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_longer_than_the_buffer_wakes_streams_before_they_lag() {
+        let hub = Hub::new(16, Arc::new(Metrics::default()));
+        let mut first = stream_of(&hub, 1);
+        let wakes = Arc::new(CountingWaker::default());
+        let waker = std::task::Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut got = Vec::new();
+        let mut drain = |s: &mut EventStream<()>, got: &mut Vec<(String, String)>| {
+            while let Poll::Ready(Some(Ok(chunk))) = Pin::new(&mut *s).poll_next(&mut cx) {
+                got.extend(events_in(&chunk));
+            }
+        };
+        drain(&mut first, &mut got);
+        let mut others = Vec::new();
+        let mut seen_wakes = 0;
+        for c in 2..=41 {
+            others.push(stream_of(&hub, c));
+            // A stream task runs when woken, and only then.
+            let now = wakes.0.load(Ordering::SeqCst);
+            if now != seen_wakes {
+                seen_wakes = now;
+                drain(&mut first, &mut got);
+            }
+        }
+        tokio::time::sleep(PRESENCE_GATHER * 2).await;
+        drain(&mut first, &mut got);
+        let kinds: Vec<&str> = got.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(kinds, vec!["join"; 40], "{got:?}");
     }
 
     #[tokio::test(start_paused = true)]
