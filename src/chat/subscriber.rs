@@ -269,12 +269,18 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn a_burst_of_joins_wakes_a_stream_once_and_goes_out_as_one_write() {
-        let hub = Hub::new(64, Arc::new(Metrics::default()));
-        let mut first = stream_of(&hub, 1);
+    /// A hub with one stream, and a waker that counts the stream's wakes.
+    fn watched(capacity: usize) -> (Hub, EventStream<()>, Arc<CountingWaker>, std::task::Waker) {
+        let hub = Hub::new(capacity, Arc::new(Metrics::default()));
+        let stream = stream_of(&hub, 1);
         let wakes = Arc::new(CountingWaker::default());
         let waker = std::task::Waker::from(wakes.clone());
+        (hub, stream, wakes, waker)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_joins_wakes_a_stream_once_and_goes_out_as_one_write() {
+        let (hub, mut first, wakes, waker) = watched(64);
         let mut cx = Context::from_waker(&waker);
         assert!(Pin::new(&mut first).poll_next(&mut cx).is_pending());
         let _others: Vec<_> = (2..=4).map(|c| stream_of(&hub, c)).collect();
@@ -291,10 +297,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_burst_longer_than_the_buffer_wakes_streams_before_they_lag() {
-        let hub = Hub::new(16, Arc::new(Metrics::default()));
-        let mut first = stream_of(&hub, 1);
-        let wakes = Arc::new(CountingWaker::default());
-        let waker = std::task::Waker::from(wakes.clone());
+        let (hub, mut first, wakes, waker) = watched(16);
         let mut cx = Context::from_waker(&waker);
         let mut got = Vec::new();
         let mut drain = |s: &mut EventStream<()>, got: &mut Vec<(String, String)>| {
