@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use crate::external::{
     need, BrowserOpts, ChromeDriver, FixedServer, Nginx, Session, KEY_ENTER, KEY_NULL, KEY_SHIFT,
 };
-use crate::helpers::{spawn_app, texts_at, TestApp};
+use crate::helpers::{metric_value, spawn_app, texts_at, TestApp};
 
 /// Longest wait for anything a page should show.
 const BW: Duration = Duration::from_secs(20);
@@ -646,26 +646,11 @@ async fn browser_seven_tabs_of_one_browser_all_receive_messages() {
         open_chat(&s, &url).await;
         wait_state(&s, &format!("tab {i}"), "connected", BW).await;
     }
-    let mut leaders = 0;
-    for t in &tabs {
-        s.switch_to(t).await;
-        if s.execute("return window.ssechat.leader", json!([])).await == true {
-            leaders += 1;
-        }
-    }
-    assert_eq!(leaders, 1, "one tab holds the stream for all");
+    let leaders = leader_tabs(&s, &tabs).await;
+    assert_eq!(leaders.len(), 1, "one tab holds the stream for all");
 
     app.send(None, "b6", "to every tab").await;
-    for (i, t) in tabs.iter().enumerate() {
-        s.switch_to(t).await;
-        s.wait_js(
-            &format!("tab {} to show the message", i + 1),
-            BW,
-            &format!("{ROWS_JS} return rows.filter(r => r.settled && r.line.endsWith(': to every tab')).length === 1;"),
-            json!([]),
-        )
-        .await;
-    }
+    every_tab_shows_once(&s, &tabs, "tab", ": to every tab").await;
     // The seventh tab (a follower) can send; every tab shows it as its own.
     s.switch_to(&tabs[6]).await;
     type_and_send(&s, "from tab seven").await;
@@ -680,24 +665,14 @@ async fn browser_seven_tabs_of_one_browser_all_receive_messages() {
         .await;
     }
     let metrics = app.get("/metrics").await.text().await.unwrap();
-    let streams: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("ssechat_sse_streams "))
-        .expect("ssechat_sse_streams in /metrics")
-        .trim()
-        .parse()
-        .unwrap();
-    assert_eq!(streams, 1.0, "seven tabs share one SSE connection");
+    assert_eq!(
+        metric_value(&metrics, "ssechat_sse_streams"),
+        1.0,
+        "seven tabs share one SSE connection"
+    );
 
     // The tab holding the stream goes away: another one takes over.
-    let mut leader = None;
-    for t in &tabs {
-        s.switch_to(t).await;
-        if s.execute("return window.ssechat.leader", json!([])).await == true {
-            leader = Some(t.clone());
-        }
-    }
-    let leader = leader.expect("a leader");
+    let leader = leader_tabs(&s, &tabs).await.pop().expect("a leader");
     s.switch_to(&leader).await;
     s.close_tab().await;
     let rest: Vec<_> = tabs.into_iter().filter(|t| *t != leader).collect();
@@ -710,17 +685,34 @@ async fn browser_seven_tabs_of_one_browser_all_receive_messages() {
     )
     .await;
     app.send(None, "b6", "after the leader left").await;
-    for (i, t) in rest.iter().enumerate() {
+    every_tab_shows_once(&s, &rest, "remaining tab", ": after the leader left").await;
+    s.quit().await;
+}
+
+/// The tabs whose page holds the shared stream.
+async fn leader_tabs(s: &Session, tabs: &[String]) -> Vec<String> {
+    let mut leaders = Vec::new();
+    for t in tabs {
+        s.switch_to(t).await;
+        if s.execute("return window.ssechat.leader", json!([])).await == true {
+            leaders.push(t.clone());
+        }
+    }
+    leaders
+}
+
+/// Waits until every tab shows exactly one settled line ending in `end`.
+async fn every_tab_shows_once(s: &Session, tabs: &[String], who: &str, end: &str) {
+    for (i, t) in tabs.iter().enumerate() {
         s.switch_to(t).await;
         s.wait_js(
-            &format!("remaining tab {} to show the message", i + 1),
+            &format!("{who} {} to show the message", i + 1),
             BW,
-            &format!("{ROWS_JS} return rows.filter(r => r.settled && r.line.endsWith(': after the leader left')).length === 1;"),
-            json!([]),
+            &format!("{ROWS_JS} return rows.filter(r => r.settled && r.line.endsWith(arguments[0])).length === 1;"),
+            json!([end]),
         )
         .await;
     }
-    s.quit().await;
 }
 
 /* ---------------- 7. HTML and line breaks are text ---------------- */

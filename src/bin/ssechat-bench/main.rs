@@ -1143,19 +1143,17 @@ fn print_summary(args: &Args, r: &Report) {
                 .as_ref()
                 .map_or(String::new(), |e| format!(" (first: {e})"))
         );
-        if let Some(l) = &r.latency_ms {
-            let _ = writeln!(
-                out,
-                "  latency POST→event ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
-                l.p50, l.p90, l.p99, l.max
-            );
-        }
-        if let Some(l) = &r.post_rtt_ms {
-            let _ = writeln!(
-                out,
-                "  POST round trip ms   : p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
-                l.p50, l.p90, l.p99, l.max
-            );
+        for (label, p) in [
+            ("latency POST→event ms", &r.latency_ms),
+            ("POST round trip ms   ", &r.post_rtt_ms),
+        ] {
+            if let Some(l) = p {
+                let _ = writeln!(
+                    out,
+                    "  {label}: p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}",
+                    l.p50, l.p90, l.p99, l.max
+                );
+            }
         }
         let _ = writeln!(
             out,
