@@ -13,9 +13,9 @@ use std::sync::Arc;
 use self::hub::Hub;
 use self::message::Message;
 use self::types::{EventId, RoomName};
-use self::writer::Writer;
+use self::writer::{Accepted, Writer};
 use crate::store::redis::RedisStore;
-use crate::store::{Appended, NewMessage, Store, StoreError};
+use crate::store::{NewMessage, Store, StoreError};
 
 /// Why the chat could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -78,7 +78,7 @@ impl Chat {
     }
 
     /// Stores and broadcasts a message; returns once it is stored.
-    pub async fn post(&self, msg: NewMessage) -> Result<Appended, ChatError> {
+    pub async fn post(&self, msg: NewMessage) -> Result<Accepted, ChatError> {
         if self.hub.is_shutting_down() {
             return Err(ChatError::ShuttingDown);
         }

@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
 use super::hub::{Hub, Staged};
+use super::types::{EventId, RoomName};
 use crate::metrics::Metrics;
 use crate::store::{Appended, NewMessage, Store, StoreError};
 
@@ -24,7 +25,17 @@ const MAX_BATCH: usize = 512;
 /// Appends waiting for the writer; senders wait (asynchronously) beyond it.
 const QUEUE: usize = 8192;
 
-type Reply = oneshot::Sender<Result<Appended, StoreError>>;
+type Reply = oneshot::Sender<Result<Accepted, StoreError>>;
+
+/// What a POST learns of its message: the id and room it is stored under,
+/// and whether it is new (or an earlier one with the same
+/// `client_msg_id`). The message itself goes to the fan-out, uncopied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub id: EventId,
+    pub room: RoomName,
+    pub new: bool,
+}
 
 pub struct Writer {
     tx: Mutex<Option<mpsc::Sender<(NewMessage, Reply)>>>,
@@ -77,7 +88,7 @@ impl Writer {
     pub async fn append(
         &self,
         msg: NewMessage,
-    ) -> Result<Result<Appended, StoreError>, WriterClosed> {
+    ) -> Result<Result<Accepted, StoreError>, WriterClosed> {
         let tx = self
             .tx
             .lock()
@@ -141,11 +152,24 @@ fn run(
             .observe(started.elapsed().as_secs_f64());
         match appended {
             Ok(outcomes) => {
-                let new: Vec<_> = outcomes
-                    .iter()
-                    .filter_map(|o| match o {
-                        Appended::New(m) => Some(m.clone()),
-                        Appended::Duplicate { .. } => None,
+                let mut new = Vec::with_capacity(outcomes.len());
+                let accepted: Vec<Accepted> = outcomes
+                    .into_iter()
+                    .map(|o| match o {
+                        Appended::New(m) => {
+                            let a = Accepted {
+                                id: m.id,
+                                room: m.room.clone(),
+                                new: true,
+                            };
+                            new.push(m);
+                            a
+                        }
+                        Appended::Duplicate { id, room } => Accepted {
+                            id,
+                            room,
+                            new: false,
+                        },
                     })
                     .collect();
                 metrics.messages_total.inc_by(new.len() as u64);
@@ -157,7 +181,7 @@ fn run(
                 // Answer from here: each waiting POST is queued on the
                 // runtime at once, ahead of the fan-out it would otherwise
                 // wait behind. The messages are durable already.
-                for (reply, outcome) in replies.drain(..).zip(outcomes) {
+                for (reply, outcome) in replies.drain(..).zip(accepted) {
                     let _ = reply.send(Ok(outcome));
                 }
                 if let (Some((_, publisher)), Some(staged)) = (&publish, staged) {

@@ -15,8 +15,9 @@ use super::{identity, json_response, AppState, Ctx};
 use crate::chat::fanout::RecvError;
 use crate::chat::message::{Event, MessageJson};
 use crate::chat::types::{ClientMsgId, DisplayName, Invalid, MessageText, RoomName};
+use crate::chat::writer::Accepted;
 use crate::limits::Refused;
-use crate::store::{Appended, NewMessage};
+use crate::store::NewMessage;
 
 /// The fields of a POST, whatever the body's content type.
 #[derive(Debug, Default, Deserialize)]
@@ -243,15 +244,13 @@ where
             client_msg_id,
         })
         .await?;
-    let (status, id, room) = match outcome {
-        Appended::New(m) => {
-            tracing::info!(room = %m.room, id = %m.id, name = %name, chars, "message");
-            (StatusCode::CREATED, m.id, m.room)
-        }
-        Appended::Duplicate { id, room } => {
-            tracing::info!(room = %room, id = %id, name = %name, "duplicate message ignored (client_msg_id)");
-            (StatusCode::OK, id, room)
-        }
+    let Accepted { id, room, new } = outcome;
+    let status = if new {
+        tracing::info!(room = %room, id = %id, name = %name, chars, "message");
+        StatusCode::CREATED
+    } else {
+        tracing::info!(room = %room, id = %id, name = %name, "duplicate message ignored (client_msg_id)");
+        StatusCode::OK
     };
     let mut res = if kind == BodyKind::Form && wants_html(&ctx.headers) {
         let mut res = Response::new(Default::default());
