@@ -372,21 +372,30 @@ impl Store for RedisStore {
             }
             other => other,
         })?;
-        Ok(batch
+        // An id that does not parse would be a bug in the script or a
+        // foreign writer: refuse rather than hand out id 0.
+        let id_of = |s: &str| {
+            s.parse().map(EventId).map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "redis: unexpected id {s:?} from the append script"
+                ))
+            })
+        };
+        batch
             .iter()
             .zip(replies)
             .map(|(m, (new, value))| {
-                if new == 1 {
-                    Appended::New(m.stored(EventId(value.parse().unwrap_or(0)), now_ms))
+                Ok(if new == 1 {
+                    Appended::New(m.stored(id_of(&value)?, now_ms))
                 } else {
                     let (id, room) = value.split_once(' ').unwrap_or((&value, ""));
                     Appended::Duplicate {
-                        id: EventId(id.parse().unwrap_or(0)),
+                        id: id_of(id)?,
                         room: RoomName::parse(room).unwrap_or_else(|_| m.room.clone()),
                     }
-                }
+                })
             })
-            .collect())
+            .collect()
     }
 
     fn after(
