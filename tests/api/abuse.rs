@@ -8,7 +8,7 @@ use ssechat::sse::{Item, Parser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{
-    eventually, spawn_app_with, spawn_binary, token, wait_metric, SseClient, TestApp, WAIT,
+    events_at, eventually, spawn_app_with, spawn_binary, token, wait_metric, TestApp, WAIT,
 };
 
 async fn error_of(res: reqwest::Response) -> (u16, String) {
@@ -151,12 +151,12 @@ async fn a_subscriber_that_never_reads_is_dropped_and_recovers_by_replay() {
         .unwrap();
     let mut normal = Vec::new();
     for _ in 0..20 {
-        let res = http
-            .get(server.url(&format!("/chat/events?room=s&since={start}")))
-            .send()
-            .await
-            .unwrap();
-        let mut s = SseClient::new(res);
+        let mut s = events_at(
+            &http,
+            &server.url(&format!("/chat/events?room=s&since={start}")),
+            &[],
+        )
+        .await;
         s.expect("hello").await;
         normal.push(s);
     }
@@ -248,13 +248,12 @@ async fn a_subscriber_that_never_reads_is_dropped_and_recovers_by_replay() {
         .copied()
         .unwrap_or_else(|| start.parse().unwrap());
     assert!(resume < newest, "the sloth really missed messages");
-    let res = http
-        .get(server.url("/chat/events?room=s"))
-        .header("last-event-id", resume.to_string())
-        .send()
-        .await
-        .unwrap();
-    let mut again = SseClient::new(res);
+    let mut again = events_at(
+        &http,
+        &server.url("/chat/events?room=s"),
+        &[("last-event-id", &resume.to_string())],
+    )
+    .await;
     again.expect("hello").await;
     let mut got = seen.clone();
     while *got.last().unwrap_or(&0) < newest {
@@ -306,12 +305,8 @@ async fn graceful_shutdown_with_many_streams_and_a_long_poll_exits_0_in_time() {
     for i in 0..300 {
         // Separate clients so each is its own connection.
         let http = reqwest::Client::new();
-        let res = http
-            .get(server.url(&format!("/chat/events?room=g{}&client={}", i % 10, token())))
-            .send()
-            .await
-            .unwrap();
-        let mut s = SseClient::new(res);
+        let url = server.url(&format!("/chat/events?room=g{}&client={}", i % 10, token()));
+        let mut s = events_at(&http, &url, &[]).await;
         s.expect("hello").await;
         streams.push(s);
     }

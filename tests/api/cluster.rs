@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::external::free_port;
-use crate::helpers::{all_messages, spawn_binary, token, wait_metric, BinApp, SseClient, WAIT};
+use crate::helpers::{
+    all_messages, events_at, spawn_binary, token, wait_metric, BinApp, SseClient, WAIT,
+};
 
 /// A `redis-server` of our own; stopped on drop.
 struct Redis {
@@ -122,10 +124,8 @@ fn node(redis: &Redis, extra: &[&str]) -> BinApp {
 }
 
 async fn subscribe(n: &BinApp, query: &str) -> (SseClient, Value) {
-    let res = reqwest::get(n.url(&format!("/chat/events?{query}")))
-        .await
-        .unwrap();
-    let mut s = SseClient::new(res);
+    let url = n.url(&format!("/chat/events?{query}"));
+    let mut s = events_at(&reqwest::Client::new(), &url, &[]).await;
     let hello = s.expect_json("hello").await;
     (s, hello)
 }
@@ -256,13 +256,12 @@ async fn a_subscriber_fails_over_to_another_node_without_loss_or_duplicates() {
     for i in 10..20 {
         assert_eq!(post(&b, &t, "f", &format!("m{i}")).await.status(), 201);
     }
-    let res = reqwest::Client::new()
-        .get(b.url("/chat/events?room=f"))
-        .header("last-event-id", seen.last().unwrap().as_str())
-        .send()
-        .await
-        .unwrap();
-    let mut s = SseClient::new(res);
+    let mut s = events_at(
+        &reqwest::Client::new(),
+        &b.url("/chat/events?room=f"),
+        &[("last-event-id", seen.last().unwrap().as_str())],
+    )
+    .await;
     s.expect("hello").await;
     let mut texts = Vec::new();
     while texts.len() < 10 {

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 
-use crate::helpers::{all_messages, binary_fails, spawn_binary, token, SseClient, WAIT};
+use crate::helpers::{all_messages, binary_fails, events_at, spawn_binary, token, WAIT};
 
 fn id_of(m: &Value) -> u64 {
     m["id"].as_str().unwrap().parse().unwrap()
@@ -146,13 +146,12 @@ async fn last_event_id_replay_and_idempotency_work_across_a_restart() {
     );
     let (_, id3) = post(second.base.clone(), "three", "k3").await;
     assert!(id3 > id2);
-    let res = http
-        .get(second.url("/chat/events?room=rs"))
-        .header("last-event-id", id1.to_string())
-        .send()
-        .await
-        .unwrap();
-    let mut s = SseClient::new(res);
+    let mut s = events_at(
+        &http,
+        &second.url("/chat/events?room=rs"),
+        &[("last-event-id", &id1.to_string())],
+    )
+    .await;
     s.expect("hello").await;
     let got: Vec<String> = vec![
         s.expect("message").await.last_event_id,

@@ -145,15 +145,12 @@ impl TestApp {
     }
 
     pub async fn events_with(&self, query: &str, headers: &[(&str, &str)]) -> SseClient {
-        let mut req = self.http.get(self.url(&format!("/chat/events?{query}")));
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let res = tokio::time::timeout(WAIT, req.send())
-            .await
-            .expect("stream opens in time")
-            .expect("GET /chat/events");
-        SseClient::new(res)
+        events_at(
+            &self.http,
+            &self.url(&format!("/chat/events?{query}")),
+            headers,
+        )
+        .await
     }
 
     /// Opens a stream as `client` and reads up to its hello.
@@ -292,6 +289,20 @@ impl SseClient {
 }
 
 /// Texts stored in a room of the server at `base`, oldest first (up to 500).
+/// Opens an SSE stream at `url` (any server: in-process, binary, proxy)
+/// with extra request headers, within the shared time bound.
+pub async fn events_at(http: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> SseClient {
+    let mut req = http.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = tokio::time::timeout(WAIT, req.send())
+        .await
+        .expect("stream opens in time")
+        .expect("GET /chat/events");
+    SseClient::new(res)
+}
+
 pub async fn texts_at(base: &str, room: &str) -> Vec<String> {
     let v: Value = reqwest::get(format!("{base}/chat/messages?room={room}&limit=500"))
         .await
