@@ -93,6 +93,13 @@ pub enum Event {
     Shutdown,
 }
 
+/// The messages of `list` newer than `after`: ids increase within a batch,
+/// so what a reader already has (from replay, or from reading the store)
+/// is a prefix.
+pub fn messages_after(list: &[MessageFrames], after: Option<EventId>) -> &[MessageFrames] {
+    &list[list.partition_point(|m| after.is_some_and(|a| m.message.id <= a))..]
+}
+
 /// A message and its lazily built renderings.
 #[derive(Debug)]
 pub struct MessageFrames {

@@ -102,11 +102,7 @@ impl<G> EventStream<G> {
             };
             let bytes = match &*event {
                 Event::Messages(list) => {
-                    // Ids increase within a batch, so what replay already
-                    // sent is a prefix.
-                    let last = self.last_id;
-                    let fresh =
-                        &list[list.partition_point(|m| last.is_some_and(|l| m.message.id <= l))..];
+                    let fresh = message::messages_after(list, self.last_id);
                     let Some(newest) = fresh.last() else { continue };
                     self.last_id = Some(newest.message.id);
                     let (viewer, format) = (Some(self.viewer), self.format);

@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::form::Fields;
 use super::{identity, json_response, AppState, Ctx};
 use crate::chat::fanout::RecvError;
-use crate::chat::message::{Event, MessageJson};
+use crate::chat::message::{messages_after, Event, MessageJson};
 use crate::chat::types::{ClientMsgId, DisplayName, Invalid, MessageText, RoomName};
 use crate::chat::writer::Accepted;
 use crate::limits::Refused;
@@ -346,11 +346,7 @@ async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiErro
                         // Messages the read above already covered (in a
                         // cluster, a POST is answered before its fan-out
                         // reaches every node).
-                        Event::Messages(list)
-                            if since.is_some_and(|s| list.iter().all(|m| m.message.id <= s)) =>
-                        {
-                            continue
-                        }
+                        Event::Messages(list) if messages_after(list, since).is_empty() => continue,
                         Event::Messages(_) => break true,
                         Event::Shutdown => break false,
                         _ => continue,
