@@ -94,7 +94,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
     log "building release binaries (LTO: this takes a while)"
-    timeout 3600 cargo build --release --bin ssechat --bin sse-reference --bin ssechat-bench >&2 \
+    timeout 3600 cargo build --release --workspace --bins >&2 \
         || die "release build failed"
 fi
 for b in "$SSECHAT" "$REFERENCE" "$BENCH"; do
