@@ -142,7 +142,10 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if who.minted {
-        h.insert(header::SET_COOKIE, identity::set_cookie(&who.token));
+        h.insert(
+            header::SET_COOKIE,
+            identity::set_cookie(&who.token, ctx.https),
+        );
     }
     Ok(res)
 }

@@ -72,10 +72,12 @@ pub fn resolve(headers: &HeaderMap, query_client: Option<&str>) -> Result<Identi
 }
 
 /// `Set-Cookie` for a minted token: HttpOnly (scripts on the page cannot
-/// read it), SameSite=Lax (not sent on cross-site POSTs), one year.
-pub fn set_cookie(token: &ClientToken) -> HeaderValue {
+/// read it), SameSite=Lax (not sent on cross-site POSTs), one year; over
+/// HTTPS also Secure (never sent in the clear).
+pub fn set_cookie(token: &ClientToken, https: bool) -> HeaderValue {
+    let secure = if https { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
-        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age=31536000",
+        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Lax; Max-Age=31536000{secure}",
         token.expose()
     ))
     .expect("tokens are URL-safe ASCII")

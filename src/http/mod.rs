@@ -35,22 +35,33 @@ pub struct AppState {
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// Put into a request's extensions by the server loop when the request came
+/// over TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct Https;
+
 /// The parts of a request most handlers read.
 pub struct Ctx {
     pub headers: HeaderMap,
     pub query: String,
     pub peer: Option<SocketAddr>,
+    /// The request came over TLS.
+    pub https: bool,
 }
 
 fn ctx() -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
     warp::header::headers_cloned()
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::ext::optional::<PeerAddr>())
-        .map(|headers, query, peer: Option<PeerAddr>| Ctx {
-            headers,
-            query,
-            peer: peer.map(|p| p.0),
-        })
+        .and(warp::ext::optional::<Https>())
+        .map(
+            |headers, query, peer: Option<PeerAddr>, https: Option<Https>| Ctx {
+                headers,
+                query,
+                peer: peer.map(|p| p.0),
+                https: https.is_some(),
+            },
+        )
 }
 
 /// GET, or HEAD for the same answer without a body (hyper leaves the body
@@ -70,8 +81,28 @@ fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Inf
 /// connection).
 type Handler = std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>;
 
-/// All routes.
+/// All routes, with Strict-Transport-Security on HTTPS answers when
+/// `--hsts` asks for it.
 pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let hsts = state.config.hsts;
+    warp::ext::optional::<Https>().and(resources(state)).map(
+        move |https: Option<Https>, mut res: Response| {
+            if hsts && https.is_some() {
+                res.headers_mut().insert(
+                    warp::http::header::STRICT_TRANSPORT_SECURITY,
+                    warp::http::HeaderValue::from_static(HSTS),
+                );
+            }
+            res
+        },
+    )
+}
+
+/// One year; browsers ignore the header over plain HTTP (RFC 6797), so it
+/// is sent over HTTPS only.
+const HSTS: &str = "max-age=31536000";
+
+fn resources(state: AppState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let s = with_state(state.clone());
     let index = warp::path::end()
         .and(get_or_head())

@@ -12,3 +12,4 @@ mod ops;
 mod pages;
 mod sending;
 mod streaming;
+mod tls;
