@@ -4,6 +4,7 @@ mod helpers;
 
 mod abuse;
 mod browser;
+mod browser_tls;
 mod cluster;
 mod durability;
 mod external;

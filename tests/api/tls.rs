@@ -160,7 +160,7 @@ async fn spawn_tls(extra: &[&str]) -> TlsApp {
 
 /// ESTABLISHED TCP connections whose local port is `port` (the server's
 /// side of each client connection), from /proc/net/tcp.
-fn established_to(port: u16) -> usize {
+pub fn established_to(port: u16) -> usize {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
     table
         .lines()
