@@ -4,6 +4,7 @@
 pub mod fanout;
 pub mod hub;
 pub mod message;
+pub mod presence;
 pub mod subscriber;
 pub mod types;
 pub mod writer;
