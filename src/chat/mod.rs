@@ -78,6 +78,25 @@ impl Chat {
         }
     }
 
+    /// The online count and the first `limit` names (alphabetical): from
+    /// Redis in cluster mode (a sample of names, sorted), else this node's;
+    /// this node's if Redis does not answer.
+    pub async fn online_names(
+        &self,
+        room: &RoomName,
+        limit: usize,
+    ) -> (usize, Vec<types::DisplayName>) {
+        let local = self.hub.online_names(room, limit);
+        let Some(cluster) = self.cluster.clone() else {
+            return local;
+        };
+        let room = room.clone();
+        match tokio::task::spawn_blocking(move || cluster.online_names(&room, limit)).await {
+            Ok(Ok(remote)) => remote,
+            _ => local,
+        }
+    }
+
     /// Stores and broadcasts a message; returns once it is stored.
     pub async fn post(&self, msg: NewMessage) -> Result<Accepted, ChatError> {
         if self.hub.is_shutting_down() {
