@@ -6,6 +6,7 @@ mod abuse;
 mod browser;
 mod browser_tls;
 mod cluster;
+mod crowds;
 mod durability;
 mod external;
 mod history;

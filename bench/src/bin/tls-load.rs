@@ -184,7 +184,11 @@ impl Client {
     }
 
     fn events(&self) -> hyper::Request<Full<Bytes>> {
-        let path = if self.reference { "/events" } else { "/chat/events?room=tlsload" };
+        let path = if self.reference {
+            "/events"
+        } else {
+            "/chat/events?room=tlsload"
+        };
         hyper::Request::get(format!("https://{}{path}", self.addr))
             .body(Full::default())
             .unwrap()
@@ -216,7 +220,11 @@ impl Client {
         let mut body = res.into_body();
         let first = body.frame().await.expect("first frame").expect("body");
         let mut carry: Vec<u8> = Vec::new();
-        count(&mut carry, first.data_ref().map(|b| &b[..]).unwrap_or(&[]), &delivered);
+        count(
+            &mut carry,
+            first.data_ref().map(|b| &b[..]).unwrap_or(&[]),
+            &delivered,
+        );
         tokio::spawn(async move {
             let _keep = sender;
             while let Some(Ok(frame)) = body.frame().await {
