@@ -146,7 +146,7 @@ impl Acme {
         };
         let dir = config
             .acme_cache
-            .join(hex(&Sha256::digest(config.acme_directory.as_bytes()))[..16].to_owned());
+            .join(&hex(&Sha256::digest(config.acme_directory.as_bytes()))[..16]);
         std::fs::create_dir_all(&dir).map_err(|source| TlsError::Read {
             path: dir.clone(),
             source,

@@ -598,7 +598,7 @@ async fn acme_obtains_a_certificate_from_pebble_and_a_restart_serves_it_without_
     let root = reqwest::Certificate::from_pem(&root).unwrap();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let client = || {
-        client_for(&[root.clone()], None)
+        client_for(std::slice::from_ref(&root), None)
             .resolve("chat.example.org", addr)
             .build()
             .unwrap()
