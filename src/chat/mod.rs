@@ -32,6 +32,7 @@ use self::types::{ClientId, DisplayName, EventId, RoomName};
 use self::writer::Writer;
 use crate::metrics::Metrics;
 
+pub use self::hub::TypingTooOften;
 pub use self::writer::Accepted;
 
 /// How long opening a stream waits for the cluster-wide online count before
@@ -507,7 +508,7 @@ mod tests {
 
     async fn waiting(chat: &Chat, since: Option<EventId>) -> Waiting {
         match chat.newer(&RoomName::lobby(), since, 10).await.unwrap() {
-            Newer::Later(w) => w,
+            Newer::Later(w) => *w,
             Newer::Now(found) => panic!("expected nothing newer, found {found:?}"),
         }
     }
