@@ -16,7 +16,6 @@ use crate::chat::history::NewMessage;
 use crate::chat::message::MessageJson;
 use crate::chat::types::{ClientMsgId, DisplayName, Invalid, MessageText, RoomName};
 use crate::chat::{Accepted, Newer};
-use crate::limits::Refused;
 
 /// The fields of a POST, whatever the body's content type.
 #[derive(Debug, Default, Deserialize)]
@@ -223,13 +222,7 @@ where
     let who = identity::resolve(&ctx.headers, client_q.as_deref())?;
     let sender = who.token.id();
 
-    state
-        .limits
-        .check_post(sender, ctx.peer.map(|p| p.ip()))
-        .map_err(|r| match r {
-            Refused::Rate { retry_after } => ApiError::RateLimited { retry_after },
-            _ => unreachable!("check_post only refuses on rate"),
-        })?;
+    state.limits.check_post(sender, ctx.peer.map(|p| p.ip()))?;
 
     let name = state.chat.name_for(sender, name.as_ref());
     let chars = text.as_str().chars().count();
@@ -325,9 +318,7 @@ async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiErro
         match chat.newer(&room, since, limit).await? {
             Newer::Now(messages) => messages,
             Newer::Later(waiting) => {
-                let _permit = state.limits.acquire_long_poll().map_err(|_| {
-                    ApiError::ServerFull("too many long-polls waiting; retry later".into())
-                })?;
+                let _permit = state.limits.acquire_long_poll()?;
                 let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
                 state.metrics.long_polls.inc();
                 let found = waiting.until(deadline).await;
