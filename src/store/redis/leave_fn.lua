@@ -1,7 +1,10 @@
--- Functions prepended to batch.lua and reap.lua.
+-- Helpers prepended to batch.lua and reap.lua.
 --
 -- leave: removes one client of one node from a room; returns the client's
--- name if this was its last node (a leave to tell), else false.
+-- name if it is then online on no node (a leave to tell), else false.
+-- tally: the room's joins and leaves ever (streams tell what changed since
+-- their hello from it). publish: stores the new tally and publishes one
+-- batch of the room's changes and typing (`b` payload), if any.
 local function leave(room, node, client)
   local pc, pn = 'ssechat:pc:' .. room, 'ssechat:pn:' .. room
   if redis.call('SREM', 'ssechat:pnode:' .. node .. ':' .. room, client) == 1 then
@@ -15,14 +18,10 @@ local function leave(room, node, client)
   end
   return false
 end
--- tally: the room's running counts of cluster-wide joins and leaves.
 local function tally(room)
   local t = redis.call('HMGET', 'ssechat:pt:' .. room, 'j', 'l')
   return tonumber(t[1] or '0'), tonumber(t[2] or '0')
 end
--- publish: stores the new counts and, if anything changed, publishes one
--- batch (room, online, counts before and after, the changes); returns the
--- room's cluster-wide online count.
 local function publish(room, j0, l0, j, l, out)
   redis.call('HSET', 'ssechat:pt:' .. room, 'j', j, 'l', l)
   local online = redis.call('HLEN', 'ssechat:pc:' .. room)
