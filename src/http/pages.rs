@@ -1,17 +1,26 @@
 //! The HTML pages, rendered by Askama (escaping on): the welcome page and
-//! the chat page with the room's latest messages.
+//! the chat page with the room's latest messages. Every page carries a
+//! Content-Security-Policy that allows nothing inline and nothing from
+//! another origin: the templates hold no script or style of their own.
 
 use askama::Template;
 use warp::http::{header, HeaderValue};
 use warp::reply::Response;
 
 use super::error::ApiError;
+use super::assets;
 use super::form::Fields;
 use super::{identity, AppState, Ctx};
-use crate::chat::types::RoomName;
+use crate::chat::types::{DisplayName, RoomName};
 
 /// Messages rendered into the chat page.
 const PAGE_MESSAGES: usize = 50;
+
+/// Scripts, styles, pictures and requests from this origin only; no inline
+/// script or style; never framed; forms post here only.
+pub const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
+    img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
+    form-action 'self'";
 
 pub struct RoomSummary {
     pub name: String,
@@ -21,6 +30,7 @@ pub struct RoomSummary {
 #[derive(Template)]
 #[template(path = "index.html")]
 struct IndexPage {
+    static_dir: &'static str,
     rooms: Vec<RoomSummary>,
 }
 
@@ -36,10 +46,14 @@ pub struct MessageView {
 #[derive(Template)]
 #[template(path = "chat.html")]
 struct ChatPage {
+    static_dir: &'static str,
+    /// The modules the page's script imports, preloaded.
+    modules: Vec<&'static str>,
     room: String,
     name: String,
     last_id: String,
-    max_chars: usize,
+    /// `None`: no limit (`--max-message-chars 0`), so no `maxlength`.
+    max_chars: Option<usize>,
     messages: Vec<MessageView>,
 }
 
@@ -50,7 +64,18 @@ fn html(body: String) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
+    // Pages hold the viewer's own messages and may set a new client
+    // cookie: no cache keeps them.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     res
 }
 
@@ -59,6 +84,14 @@ fn render(t: &impl Template) -> Result<Response, ApiError> {
         tracing::error!(error = %e, "template rendering failed");
         ApiError::StorageUnavailable
     })
+}
+
+/// The request comes from a page of another site (a link or a form
+/// elsewhere): it may show our page, but changes nothing.
+fn cross_site(ctx: &Ctx) -> bool {
+    ctx.headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
 }
 
 /// `HH:MM` (UTC) of a millisecond timestamp; the page's script shows local time.
@@ -81,7 +114,10 @@ pub async fn index(state: AppState, _ctx: Ctx) -> Response {
             });
         }
         rooms.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.name.cmp(&b.name)));
-        render(&IndexPage { rooms })
+        render(&IndexPage {
+            static_dir: assets::DIR,
+            rooms,
+        })
     }
     .await;
     result.unwrap_or_else(|e| e.respond(state.chat.hub.metrics()))
@@ -91,17 +127,25 @@ pub async fn chat(state: AppState, ctx: Ctx) -> Response {
     let result = async {
         let mut q = Fields::parse(ctx.query.as_bytes())?;
         let room = RoomName::parse_or_default(q.take("room")?.as_deref())?;
+        let name = q.take("name")?.map(|n| DisplayName::parse(&n)).transpose()?;
         let who = identity::resolve(&ctx.headers, None)?;
         let viewer = who.token.id();
+        // A bookmark (`/chat?room=R&name=N`) sets the name like any request
+        // with the client's token; a link from another site does not.
+        if let Some(n) = name.filter(|_| !cross_site(&ctx)) {
+            state.chat.hub.set_name(viewer, &n);
+        }
         let messages = state.chat.latest(&room, PAGE_MESSAGES).await?;
         let page = ChatPage {
+            static_dir: assets::DIR,
+            modules: assets::modules().collect(),
             room: room.to_string(),
             name: state.chat.hub.name_of(viewer).to_string(),
             last_id: messages
                 .last()
                 .map(|m| m.id.to_string())
                 .unwrap_or_default(),
-            max_chars: state.config.max_message_chars,
+            max_chars: Some(state.config.max_message_chars).filter(|&n| n > 0),
             messages: messages
                 .into_iter()
                 .map(|m| MessageView {
