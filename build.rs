@@ -42,7 +42,9 @@ fn main() {
         // they are a third of the bytes on the wire. The original stays the
         // source to read; the served copy goes to OUT_DIR.
         let body = match name.rsplit_once('.').map(|(_, e)| e) {
-            Some("js" | "css") => strip(&String::from_utf8(source).expect("UTF-8 source")).into_bytes(),
+            Some("js" | "css") => {
+                strip(&String::from_utf8(source).expect("UTF-8 source")).into_bytes()
+            }
             _ => source,
         };
         let path = out.join(name);

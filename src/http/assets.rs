@@ -110,7 +110,11 @@ pub fn choose(accept: Option<&str>, have_br: bool, have_gzip: bool) -> Encoding 
         return Encoding::Identity;
     };
     let br = if have_br { quality(accept, "br") } else { 0 };
-    let gz = if have_gzip { quality(accept, "gzip") } else { 0 };
+    let gz = if have_gzip {
+        quality(accept, "gzip")
+    } else {
+        0
+    };
     match (br, gz) {
         (0, 0) => Encoding::Identity,
         (b, g) if b >= g => Encoding::Brotli,
@@ -159,7 +163,10 @@ pub fn serve(tail: &str, headers: &HeaderMap) -> Response {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
     h.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(
         header::ETAG,
         HeaderValue::from_str(&etag).expect("hex is ASCII"),
@@ -197,7 +204,11 @@ mod tests {
         assert!(names.contains(&super::ENTRY) && names.contains(&"chat.css"));
         assert!(super::DIR.ends_with(super::VERSION) && super::VERSION.len() == 12);
         for p in super::PREPARED.iter().filter(|p| !p.name.ends_with(".svg")) {
-            assert!(p.gzip.is_some() && p.brotli.is_some(), "{} compresses", p.name);
+            assert!(
+                p.gzip.is_some() && p.brotli.is_some(),
+                "{} compresses",
+                p.name
+            );
         }
     }
 }
