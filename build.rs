@@ -1,12 +1,11 @@
-//! Prepares `static/` for serving, once per build: each file compressed
-//! with gzip and brotli at their best settings, and one content hash over
+//! Prepares `static/` for serving, once per build: each file stripped of
+//! comments and compressed with gzip (zopfli) and brotli at their best, and one content hash over
 //! the whole set, which names the directory the pages link to
 //! (`/static/<hash>/chat.js`). The server then only picks bytes; it never
 //! compresses per request, and the product binary carries no encoder.
 //!
 //! Output: `$OUT_DIR/assets.rs`, included by `src/http/assets.rs`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -116,10 +115,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Zopfli: gzip that any client reads, about 5 % smaller than zlib's best,
+/// at a cost paid once per build.
 fn gzip(body: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    e.write_all(body).expect("in-memory gzip");
-    e.finish().expect("in-memory gzip")
+    let mut out = Vec::new();
+    zopfli::compress(
+        zopfli::Options::default(),
+        zopfli::Format::Gzip,
+        body,
+        &mut out,
+    )
+    .expect("in-memory gzip");
+    out
 }
 
 fn brotli(body: &[u8]) -> Vec<u8> {
