@@ -4,6 +4,7 @@
 pub mod fanout;
 pub mod hub;
 pub mod message;
+pub mod presence;
 pub mod subscriber;
 pub mod types;
 pub mod writer;
@@ -73,6 +74,25 @@ impl Chat {
         let room = room.clone();
         match tokio::task::spawn_blocking(move || cluster.online(&room)).await {
             Ok(Ok(n)) => n.max(local),
+            _ => local,
+        }
+    }
+
+    /// The online count and the first `limit` names (alphabetical): from
+    /// Redis in cluster mode (a sample of names, sorted), else this node's;
+    /// this node's if Redis does not answer.
+    pub async fn online_names(
+        &self,
+        room: &RoomName,
+        limit: usize,
+    ) -> (usize, Vec<types::DisplayName>) {
+        let local = self.hub.online_names(room, limit);
+        let Some(cluster) = self.cluster.clone() else {
+            return local;
+        };
+        let room = room.clone();
+        match tokio::task::spawn_blocking(move || cluster.online_names(&room, limit)).await {
+            Ok(Ok(remote)) => remote,
             _ => local,
         }
     }

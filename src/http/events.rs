@@ -93,12 +93,16 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
     let mut sub = hub
         .open_stream(&room, client, &name)
         .map_err(|_| ApiError::ShuttingDown)?;
+    // Cluster mode: the hello waits for Redis to count the join (within a
+    // gathering window); the stream then hears of every change after it.
     let online = match sub.cluster_online.take() {
-        Some(rx) => tokio::time::timeout(std::time::Duration::from_secs(2), rx)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(sub.online),
+        Some(rx) => match tokio::time::timeout(std::time::Duration::from_secs(2), rx).await {
+            Ok(Ok(joined)) => {
+                sub.seen = joined.tally;
+                joined.online
+            }
+            _ => sub.online,
+        },
         None if chat.cluster().is_some() => chat.online(&room).await,
         None => sub.online,
     };

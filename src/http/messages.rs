@@ -29,13 +29,13 @@ struct PostFields {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum BodyKind {
+pub(super) enum BodyKind {
     Form,
     Json,
     Text,
 }
 
-fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
+pub(super) fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -56,7 +56,11 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
 
 /// Reads the body up to `limit` bytes (0 = no limit), whether or not it
 /// declares a `Content-Length`: a chunked body is cut off at the limit too.
-async fn read_body<S, B>(headers: &HeaderMap, body: S, limit: usize) -> Result<Bytes, ApiError>
+pub(super) async fn read_body<S, B>(
+    headers: &HeaderMap,
+    body: S,
+    limit: usize,
+) -> Result<Bytes, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
@@ -141,7 +145,7 @@ fn wants_html(headers: &HeaderMap) -> bool {
 /// sent to. Ports are not compared (cookies are not isolated by port
 /// either, and a reverse proxy on another port is the same site). Scripts
 /// send no `Origin` and are not affected.
-fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if get("sec-fetch-site") == Some("cross-site") {
         return Err(ApiError::ForbiddenOrigin);

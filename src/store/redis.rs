@@ -10,13 +10,18 @@
 //! streams when it is back (streams skip ids they already sent).
 //!
 //! Presence: per room, a hash client → number of nodes where the client has
-//! a stream (online = its length), and per node a set of its clients, so a
-//! node that dies without saying goodbye can be reaped by the others: nodes
-//! keep a heartbeat in a sorted set, and any node removes the entries of a
-//! node whose heartbeat expired, sending the leave events it owed.
+//! a stream (online = its length), the room's tally (joins and leaves ever,
+//! which streams use to tell what changed since their hello), and per node
+//! a set of its clients, so a node that dies without saying goodbye can be
+//! reaped by the others: nodes keep a heartbeat in a sorted set, and any
+//! node removes the entries of a node whose heartbeat expired, sending the
+//! leaves it owed. Presence crosses nodes in batches: each node sends what
+//! changed in a room during a gathering window as one script call, which
+//! publishes the cluster-wide changes once (`b` payloads), typing included.
 //!
 //! Keys: `ssechat:seq`, `ssechat:rooms`, `ssechat:room:{room}` (stream),
 //! `ssechat:idem:{sender}`, `ssechat:pc:{room}`, `ssechat:pn:{room}`,
+//! `ssechat:pt:{room}` (tally),
 //! `ssechat:pnode:{node}:{room}`, `ssechat:nrooms:{node}`, `ssechat:nodes`;
 //! channel `ssechat:events`.
 
@@ -29,8 +34,8 @@ use redis::{Commands, Script};
 use tokio_util::sync::CancellationToken;
 
 use super::{Appended, NewMessage, Store, StoreError, StoreResult};
-use crate::chat::hub::Hub;
-use crate::chat::message::{Event, Message, PresenceKind};
+use crate::chat::hub::{ClusterPresence, Hub, Joined, PresenceBatch, PRESENCE_GATHER};
+use crate::chat::message::{Change, Message, PresenceKind, Tally};
 use crate::chat::types::{random_hex, ClientId, DisplayName, EventId, RoomName};
 
 const CHANNEL: &str = "ssechat:events";
@@ -66,24 +71,8 @@ redis.call('PUBLISH', 'ssechat:events',
 return {1, tostring(id)}
 "#;
 
-/// KEYS: pc, pn, pnode, nrooms, nodes. ARGV: client, name, room, node, expiry.
-const JOIN: &str = r#"
-redis.call('ZADD', KEYS[5], ARGV[5], ARGV[4])
-redis.call('SADD', KEYS[4], ARGV[3])
-local added = redis.call('SADD', KEYS[3], ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-if added == 1 then
-  local n = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-  if n == 1 then
-    local online = redis.call('HLEN', KEYS[1])
-    redis.call('PUBLISH', 'ssechat:events',
-      'p\njoin\n' .. ARGV[3] .. '\n' .. online .. '\n' .. ARGV[1] .. '\n' .. ARGV[2])
-  end
-end
-return redis.call('HLEN', KEYS[1])
-"#;
-
-/// Removes one client of one node from a room; used by leave and reap.
+/// Removes one client of one node from a room; used by batches and reap.
+/// Returns the client's name if this was its last node (a leave to tell).
 const LEAVE_FN: &str = r#"
 local function leave(room, node, client)
   local pc, pn = 'ssechat:pc:' .. room, 'ssechat:pn:' .. room
@@ -93,30 +82,99 @@ local function leave(room, node, client)
       redis.call('HDEL', pc, client)
       local name = redis.call('HGET', pn, client) or 'someone'
       redis.call('HDEL', pn, client)
-      local online = redis.call('HLEN', pc)
-      redis.call('PUBLISH', 'ssechat:events',
-        'p\nleave\n' .. room .. '\n' .. online .. '\n' .. client .. '\n' .. name)
+      return name
     end
   end
+  return false
+end
+local function tally(room)
+  local t = redis.call('HMGET', 'ssechat:pt:' .. room, 'j', 'l')
+  return tonumber(t[1] or '0'), tonumber(t[2] or '0')
+end
+local function publish(room, j0, l0, j, l, out)
+  redis.call('HSET', 'ssechat:pt:' .. room, 'j', j, 'l', l)
+  local online = redis.call('HLEN', 'ssechat:pc:' .. room)
+  if #out > 0 then
+    redis.call('PUBLISH', 'ssechat:events', 'b\n' .. room .. '\n' .. online .. '\n' ..
+      j0 .. ' ' .. l0 .. '\n' .. j .. ' ' .. l .. '\n' .. table.concat(out, '\n'))
+  end
+  return online
 end
 "#;
 
-/// ARGV: room, node, client.
-const LEAVE: &str = r#"
-leave(ARGV[1], ARGV[2], ARGV[3])
-return redis.call('HLEN', 'ssechat:pc:' .. ARGV[1])
+/// One node's window of one room. ARGV: room, node, heartbeat expiry, then
+/// (kind, client, name) per operation: `j` (first stream on this node),
+/// `l` (last stream on this node closed), `t` (typing). Publishes the
+/// changes that are cluster-wide (a client's first node and last node) and
+/// the typing, once; returns {online, joined, left}.
+const BATCH: &str = r#"
+local room, node = ARGV[1], ARGV[2]
+redis.call('ZADD', 'ssechat:nodes', ARGV[3], node)
+local pc, pn = 'ssechat:pc:' .. room, 'ssechat:pn:' .. room
+local pnode = 'ssechat:pnode:' .. node .. ':' .. room
+local j0, l0 = tally(room)
+local j, l, out = j0, l0, {}
+for i = 4, #ARGV, 3 do
+  local kind, client, name = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if kind == 'j' then
+    redis.call('SADD', 'ssechat:nrooms:' .. node, room)
+    if redis.call('SADD', pnode, client) == 1 then
+      redis.call('HSET', pn, client, name)
+      if redis.call('HINCRBY', pc, client, 1) == 1 then
+        j = j + 1
+        out[#out + 1] = 'j ' .. client .. ' ' .. name
+      end
+    end
+  elseif kind == 'l' then
+    local gone = leave(room, node, client)
+    if gone then
+      l = l + 1
+      out[#out + 1] = 'l ' .. client .. ' ' .. gone
+    end
+  else
+    out[#out + 1] = 't ' .. client .. ' ' .. name
+  end
+end
+local online = publish(room, j0, l0, j, l, out)
+return {online, j, l}
+"#;
+
+/// ARGV: room. The cluster-wide count and up to 100 names (a sample: a
+/// room of thousands is not sorted inside Redis).
+const ONLINE: &str = r#"
+local pn = 'ssechat:pn:' .. ARGV[1]
+local n = redis.call('HLEN', 'ssechat:pc:' .. ARGV[1])
+local names, cursor = {}, '0'
+repeat
+  local r = redis.call('HSCAN', pn, cursor, 'COUNT', 100)
+  cursor = r[1]
+  for i = 2, #r[2], 2 do
+    if #names < 100 then names[#names + 1] = r[2][i] end
+  end
+until cursor == '0' or #names >= 100
+return {n, names}
 "#;
 
 /// Removes every presence entry of node ARGV[1] if its heartbeat is older
-/// than ARGV[2] (ms), or unconditionally when ARGV[3] == '1' (own shutdown).
+/// than ARGV[2] (ms), or unconditionally when ARGV[3] == '1' (own shutdown),
+/// publishing one batch of leaves per room.
 const REAP: &str = r#"
 local node = ARGV[1]
 local score = redis.call('ZSCORE', 'ssechat:nodes', node)
 if ARGV[3] ~= '1' and score and tonumber(score) > tonumber(ARGV[2]) then return 0 end
 local rooms = redis.call('SMEMBERS', 'ssechat:nrooms:' .. node)
 for _, room in ipairs(rooms) do
+  local j0, l0 = tally(room)
+  local l, out = l0, {}
   local clients = redis.call('SMEMBERS', 'ssechat:pnode:' .. node .. ':' .. room)
-  for _, client in ipairs(clients) do leave(room, node, client) end
+  for _, client in ipairs(clients) do
+    local gone = leave(room, node, client)
+    if gone then
+      l = l + 1
+      out[#out + 1] = 'l ' .. client .. ' ' .. gone
+    end
+  end
+  publish(room, j0, l0, j0, l, out)
   redis.call('DEL', 'ssechat:pnode:' .. node .. ':' .. room)
 end
 redis.call('DEL', 'ssechat:nrooms:' .. node)
@@ -142,8 +200,8 @@ pub struct RedisStore {
     /// How long this node's heartbeat keeps its presence alive.
     node_ttl: Duration,
     append: Script,
-    join: Script,
-    leave: Script,
+    batch: Script,
+    online: Script,
     reap: Script,
     /// The subscription is up (and the last command went through).
     healthy: AtomicBool,
@@ -184,8 +242,8 @@ impl RedisStore {
             node,
             node_ttl,
             append: Script::new(APPEND),
-            join: Script::new(JOIN),
-            leave: Script::new(&format!("{LEAVE_FN}{LEAVE}")),
+            batch: Script::new(&format!("{LEAVE_FN}{BATCH}")),
+            online: Script::new(ONLINE),
             reap: Script::new(&format!("{LEAVE_FN}{REAP}")),
             healthy: AtomicBool::new(true),
         };
@@ -247,44 +305,49 @@ impl RedisStore {
         Ok(c)
     }
 
-    /// Registers a stream's client in a room, cluster-wide; returns the
-    /// cluster-wide online count. Publishes `join` if the client was not
-    /// online anywhere.
-    pub fn join(
-        &self,
-        room: &RoomName,
-        client: ClientId,
-        name: &DisplayName,
-    ) -> StoreResult<usize> {
+    /// Sends one window of one room's presence operations (see [`BATCH`]);
+    /// returns the cluster-wide online count and the room's tally after it.
+    pub fn presence_batch(&self, room: &RoomName, ops: &[PresenceOp]) -> StoreResult<Joined> {
         let expiry = now_ms() + self.node_ttl.as_millis() as u64;
-        self.with_retry(|c| {
-            self.join
-                .key(format!("ssechat:pc:{room}"))
-                .key(format!("ssechat:pn:{room}"))
-                .key(format!("ssechat:pnode:{}:{room}", self.node))
-                .key(format!("ssechat:nrooms:{}", self.node))
-                .key("ssechat:nodes")
-                .arg(client.to_hex())
-                .arg(name.as_str())
-                .arg(room.as_str())
-                .arg(&self.node)
-                .arg(expiry)
-                .invoke(c)
-        })
-    }
-
-    pub fn leave(&self, room: &RoomName, client: ClientId) -> StoreResult<usize> {
-        self.with_retry(|c| {
-            self.leave
-                .arg(room.as_str())
-                .arg(&self.node)
-                .arg(client.to_hex())
-                .invoke(c)
+        let (online, joined, left): (usize, u64, u64) = self.with_retry(|c| {
+            let mut call = self.batch.prepare_invoke();
+            call.arg(room.as_str()).arg(&self.node).arg(expiry);
+            for op in ops {
+                let (kind, client, name) = match op {
+                    PresenceOp::Join(client, name, _) => ("j", client, name.as_str()),
+                    PresenceOp::Leave(client) => ("l", client, ""),
+                    PresenceOp::Typing(client, name) => ("t", client, name.as_str()),
+                };
+                call.arg(kind).arg(client.to_hex()).arg(name);
+            }
+            call.invoke(c)
+        })?;
+        Ok(Joined {
+            online,
+            tally: Tally { joined, left },
         })
     }
 
     pub fn online(&self, room: &RoomName) -> StoreResult<usize> {
         self.with_retry(|c| c.hlen(format!("ssechat:pc:{room}")))
+    }
+
+    /// The cluster-wide count and up to `limit` (≤ 100) names, sorted: one
+    /// round trip.
+    pub fn online_names(
+        &self,
+        room: &RoomName,
+        limit: usize,
+    ) -> StoreResult<(usize, Vec<DisplayName>)> {
+        let (n, names): (usize, Vec<String>) =
+            self.with_retry(|c| self.online.arg(room.as_str()).invoke(c))?;
+        let mut names: Vec<DisplayName> = names
+            .iter()
+            .filter_map(|n| DisplayName::parse(n).ok())
+            .collect();
+        names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        names.truncate(limit);
+        Ok((n, names))
     }
 
     /// Refreshes this node's heartbeat and reaps nodes whose heartbeat ran out.
@@ -454,11 +517,50 @@ impl Store for RedisStore {
 /// One published item, parsed.
 enum Published {
     Message(Message),
-    /// A join or leave, ready to hand to the room's streams.
-    Presence(RoomName, Event),
+    /// A room's presence changes and typing, as one node's window made them.
+    Presence(PresenceBatch),
+}
+
+fn parse_tally(s: &str) -> Option<Tally> {
+    let (j, l) = s.split_once(' ')?;
+    Some(Tally {
+        joined: j.parse().ok()?,
+        left: l.parse().ok()?,
+    })
 }
 
 fn parse_published(payload: &str) -> Option<Published> {
+    if let Some(batch) = payload.strip_prefix("b\n") {
+        let mut lines = batch.split('\n');
+        let room = RoomName::parse(lines.next()?).ok()?;
+        let online = lines.next()?.parse().ok()?;
+        let from = parse_tally(lines.next()?)?;
+        let to = parse_tally(lines.next()?)?;
+        let mut changes = Vec::new();
+        let mut typing = Vec::new();
+        for line in lines {
+            let mut parts = line.splitn(3, ' ');
+            let (kind, client, name) = (parts.next()?, parts.next()?, parts.next()?);
+            let (about, name) = (ClientId::from_hex(client), DisplayName::parse(name).ok()?);
+            let kind = match kind {
+                "j" => PresenceKind::Join,
+                "l" => PresenceKind::Leave,
+                _ => {
+                    typing.push((about, name));
+                    continue;
+                }
+            };
+            changes.push(Change { kind, name, about });
+        }
+        return Some(Published::Presence(PresenceBatch {
+            room,
+            from,
+            to,
+            online,
+            changes,
+            typing,
+        }));
+    }
     let mut parts = payload.splitn(7, '\n');
     match parts.next()? {
         "m" => {
@@ -476,20 +578,6 @@ fn parse_published(payload: &str) -> Option<Published> {
                 ts,
                 sender,
             }))
-        }
-        "p" => {
-            let kind = match parts.next()? {
-                "join" => PresenceKind::Join,
-                _ => PresenceKind::Leave,
-            };
-            let room = RoomName::parse(parts.next()?).ok()?;
-            let online = parts.next()?.parse().ok()?;
-            let client = ClientId::from_hex(parts.next()?);
-            let name = DisplayName::parse(parts.next()?).ok()?;
-            Some(Published::Presence(
-                room,
-                Event::presence(kind, &name, online, client),
-            ))
         }
         _ => None,
     }
@@ -566,7 +654,7 @@ pub async fn run_subscriber(
                     last_seen.fetch_max(m.id.0, Ordering::SeqCst);
                     hub.publish(vec![m]);
                 }
-                Some(Published::Presence(room, event)) => hub.broadcast(&room, event),
+                Some(Published::Presence(batch)) => hub.cluster_batch(batch),
                 None => tracing::warn!("ignored a malformed event from Redis"),
             }
         }
@@ -594,75 +682,127 @@ async fn catch_up(store: &Arc<RedisStore>, hub: &Hub, last_seen: u64) {
     }
 }
 
-/// Cluster presence for the hub: operations queue up and run one at a time
-/// in the order the hub issued them (a leave and a re-join of the same
-/// client must not swap).
+/// Cluster presence for the hub: operations queue up in the order the hub
+/// issued them (a leave and a re-join of the same client must not swap)
+/// and go to Redis in windows: at most one script call per room per
+/// [`PRESENCE_GATHER`], all rooms of a window in one round trip. A lone
+/// join after a quiet spell goes at once (its hello waits for it).
 pub struct PresenceQueue {
-    tx: tokio::sync::mpsc::UnboundedSender<PresenceOp>,
+    tx: tokio::sync::mpsc::UnboundedSender<(RoomName, PresenceOp)>,
 }
 
-enum PresenceOp {
-    Join(
-        RoomName,
-        ClientId,
-        DisplayName,
-        tokio::sync::oneshot::Sender<usize>,
-    ),
-    Leave(RoomName, ClientId),
+/// One presence operation of this node.
+pub enum PresenceOp {
+    Join(ClientId, DisplayName, tokio::sync::oneshot::Sender<Joined>),
+    Leave(ClientId),
+    Typing(ClientId, DisplayName),
 }
+
+/// How often a window whose Redis call failed is tried again before its
+/// leaves are given up (joins and typing are not retried: the hello falls
+/// back to this node's count, and typing is stale by then).
+const LEAVE_ATTEMPTS: u32 = 20;
 
 impl PresenceQueue {
     pub fn start(store: Arc<RedisStore>) -> Self {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<PresenceOp>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(RoomName, PresenceOp)>();
         tokio::spawn(async move {
-            while let Some(op) = rx.recv().await {
-                let s = store.clone();
-                let _ = tokio::task::spawn_blocking(move || match op {
-                    PresenceOp::Join(room, client, name, reply) => match s
-                        .join(&room, client, &name)
-                    {
-                        Ok(online) => {
-                            let _ = reply.send(online);
-                        }
-                        Err(e) => tracing::warn!(room = %room, error = %e, "cluster join failed"),
-                    },
-                    PresenceOp::Leave(room, client) => {
-                        // A lost leave would show the client online for as
-                        // long as this node lives: retry while Redis is away.
-                        for attempt in 0..20 {
-                            match s.leave(&room, client) {
-                                Ok(_) => return,
-                                Err(e) if attempt == 19 => {
-                                    tracing::error!(room = %room, error = %e, "cluster leave lost")
-                                }
-                                Err(_) => std::thread::sleep(Duration::from_millis(500)),
-                            }
-                        }
+            let mut last = tokio::time::Instant::now() - PRESENCE_GATHER;
+            let mut retry: Vec<(RoomName, PresenceOp)> = Vec::new();
+            let mut attempts = 0;
+            loop {
+                if retry.is_empty() {
+                    match rx.recv().await {
+                        Some(op) => retry.push(op),
+                        None => return,
                     }
-                })
-                .await;
+                }
+                tokio::time::sleep_until(last + PRESENCE_GATHER).await;
+                last = tokio::time::Instant::now();
+                let mut ops = std::mem::take(&mut retry);
+                while let Ok(op) = rx.try_recv() {
+                    ops.push(op);
+                }
+                let s = store.clone();
+                let failed = tokio::task::spawn_blocking(move || send_window(&s, ops))
+                    .await
+                    .unwrap_or_default();
+                if failed.is_empty() {
+                    attempts = 0;
+                    continue;
+                }
+                attempts += 1;
+                if attempts >= LEAVE_ATTEMPTS {
+                    tracing::error!(leaves = failed.len(), "cluster leaves lost");
+                    attempts = 0;
+                    continue;
+                }
+                retry = failed;
+                last += Duration::from_millis(500);
             }
         });
         PresenceQueue { tx }
     }
 }
 
-impl crate::chat::hub::ClusterPresence for PresenceQueue {
+/// Sends a window of operations, one script call per room in one pipeline;
+/// answers the joins. Returns the leaves of rooms whose call failed.
+fn send_window(
+    store: &RedisStore,
+    ops: Vec<(RoomName, PresenceOp)>,
+) -> Vec<(RoomName, PresenceOp)> {
+    let mut rooms: Vec<(RoomName, Vec<PresenceOp>)> = Vec::new();
+    for (room, op) in ops {
+        match rooms.iter_mut().find(|(r, _)| *r == room) {
+            Some((_, list)) => list.push(op),
+            None => rooms.push((room, vec![op])),
+        }
+    }
+    let mut failed = Vec::new();
+    for (room, ops) in rooms {
+        match store.presence_batch(&room, &ops) {
+            Ok(joined) => {
+                for op in ops {
+                    if let PresenceOp::Join(_, _, reply) = op {
+                        let _ = reply.send(joined);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(room = %room, error = %e, "cluster presence failed; retrying its leaves");
+                failed.extend(
+                    ops.into_iter()
+                        .filter(|op| matches!(op, PresenceOp::Leave(_)))
+                        .map(|op| (room.clone(), op)),
+                );
+            }
+        }
+    }
+    failed
+}
+
+impl ClusterPresence for PresenceQueue {
     fn join(
         &self,
         room: &RoomName,
         client: ClientId,
         name: &DisplayName,
-    ) -> tokio::sync::oneshot::Receiver<usize> {
+    ) -> tokio::sync::oneshot::Receiver<Joined> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let _ = self
             .tx
-            .send(PresenceOp::Join(room.clone(), client, name.clone(), reply));
+            .send((room.clone(), PresenceOp::Join(client, name.clone(), reply)));
         rx
     }
 
     fn leave(&self, room: &RoomName, client: ClientId) {
-        let _ = self.tx.send(PresenceOp::Leave(room.clone(), client));
+        let _ = self.tx.send((room.clone(), PresenceOp::Leave(client)));
+    }
+
+    fn typing(&self, room: &RoomName, client: ClientId, name: &DisplayName) {
+        let _ = self
+            .tx
+            .send((room.clone(), PresenceOp::Typing(client, name.clone())));
     }
 }
 
@@ -679,14 +819,28 @@ mod tests {
         assert_eq!(m.id, EventId(42));
         assert_eq!(m.text, "line1\nline2\n\nend");
         assert_eq!(m.sender, ClientId(10));
-        let Some(Published::Presence(room, Event::Presence { text, about, .. })) =
-            parse_published("p\nleave\nlobby\n3\n0a\nbob")
+        let Some(Published::Presence(b)) =
+            parse_published("b\nlobby\n3\n4 1\n5 2\nj 0a bob smith\nl 0b al\nt 0c cy")
         else {
             panic!()
         };
-        assert_eq!(room.as_str(), "lobby");
-        assert_eq!(about, ClientId(10));
-        assert_eq!(&text[..], b"event: leave\ndata: >> bob left (3 online)\n\n");
+        assert_eq!(b.room.as_str(), "lobby");
+        assert_eq!(
+            (b.online, b.from, b.to),
+            (
+                3,
+                Tally { joined: 4, left: 1 },
+                Tally { joined: 5, left: 2 }
+            )
+        );
+        assert_eq!(b.changes.len(), 2);
+        assert_eq!(b.changes[0].about, ClientId(10));
+        assert_eq!(b.changes[0].name.as_str(), "bob smith");
+        assert_eq!(b.changes[1].kind, PresenceKind::Leave);
+        assert_eq!(
+            b.typing,
+            [(ClientId(12), DisplayName::parse("cy").unwrap())]
+        );
         assert!(parse_published("x\n").is_none());
     }
 }
