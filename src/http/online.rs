@@ -26,7 +26,7 @@ pub async fn online(state: AppState, ctx: Ctx) -> Response {
         .and_then(|r| RoomName::parse_or_default(r.as_deref()));
     let room = match room {
         Ok(room) => room,
-        Err(e) => return super::error::ApiError::from(e).respond(state.chat.hub.metrics()),
+        Err(e) => return super::error::ApiError::from(e).respond(&state.metrics),
     };
     let (online, names) = state.chat.online_names(&room, NAMES).await;
     json_response(

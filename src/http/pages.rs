@@ -117,7 +117,7 @@ fn html(body: String, headers: &HeaderMap) -> Response {
 fn render(t: &impl Template, headers: &HeaderMap) -> Result<Response, ApiError> {
     t.render().map(|b| html(b, headers)).map_err(|e| {
         tracing::error!(error = %e, "template rendering failed");
-        ApiError::StorageUnavailable
+        ApiError::Internal
     })
 }
 
@@ -137,18 +137,13 @@ fn hh_mm(ts: i64) -> String {
 
 pub async fn index(state: AppState, ctx: Ctx) -> Response {
     let result = async {
-        let mut names = state.chat.rooms().await?;
-        names.extend(state.chat.hub.rooms_online().into_iter().map(|(r, _)| r));
-        names.sort();
-        names.dedup();
-        let mut rooms = Vec::with_capacity(names.len());
-        for r in names {
-            rooms.push(RoomSummary {
-                online: state.chat.online(&r).await,
-                name: r.to_string(),
-            });
-        }
-        rooms.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.name.cmp(&b.name)));
+        let rooms = (state.chat.room_list().await?)
+            .into_iter()
+            .map(|(room, online)| RoomSummary {
+                name: room.to_string(),
+                online,
+            })
+            .collect();
         render(
             &IndexPage {
                 static_dir: assets::DIR,
@@ -158,7 +153,7 @@ pub async fn index(state: AppState, ctx: Ctx) -> Response {
         )
     }
     .await;
-    result.unwrap_or_else(|e| e.respond(state.chat.hub.metrics()))
+    result.unwrap_or_else(|e| e.respond(&state.metrics))
 }
 
 pub async fn chat(state: AppState, ctx: Ctx) -> Response {
@@ -173,15 +168,13 @@ pub async fn chat(state: AppState, ctx: Ctx) -> Response {
         let viewer = who.token.id();
         // A bookmark (`/chat?room=R&name=N`) sets the name like any request
         // with the client's token; a link from another site does not.
-        if let Some(n) = name.filter(|_| !cross_site(&ctx)) {
-            state.chat.hub.set_name(viewer, &n);
-        }
+        let chosen = name.filter(|_| !cross_site(&ctx));
         let messages = state.chat.latest(&room, PAGE_MESSAGES).await?;
         let page = ChatPage {
             static_dir: assets::DIR,
             modules: assets::modules().collect(),
             room: room.to_string(),
-            name: state.chat.hub.name_of(viewer).to_string(),
+            name: state.chat.name_for(viewer, chosen.as_ref()).to_string(),
             last_id: messages
                 .last()
                 .map(|m| m.id.to_string())
@@ -207,7 +200,7 @@ pub async fn chat(state: AppState, ctx: Ctx) -> Response {
         Ok::<_, ApiError>(res)
     }
     .await;
-    result.unwrap_or_else(|e| e.respond(state.chat.hub.metrics()))
+    result.unwrap_or_else(|e| e.respond(&state.metrics))
 }
 
 #[cfg(test)]

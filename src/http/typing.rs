@@ -38,7 +38,7 @@ where
         Err(e) => {
             tracing::debug!(error = %e, peer = ?ctx.peer, "typing refused");
             let too_often = matches!(e, ApiError::RateLimited { .. });
-            let mut res = e.respond(state.chat.hub.metrics());
+            let mut res = e.respond(&state.metrics);
             if too_often {
                 *res.body_mut() = serde_json::json!({
                     "error": "typing notices: at most one every 2 s per client; retry later"
@@ -56,8 +56,8 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    let hub = &state.chat.hub;
-    if hub.is_shutting_down() {
+    let chat = &state.chat;
+    if chat.is_shutting_down() {
         return Err(ApiError::ShuttingDown);
     }
     check_origin(&ctx.headers)?;
@@ -82,11 +82,8 @@ where
     let client_q = query.take("client")?;
     let who = identity::resolve(&ctx.headers, client_q.as_deref())?;
     let client = who.token.id();
-    if let Some(n) = &name {
-        hub.set_name(client, n);
-    }
-    let name = name.unwrap_or_else(|| hub.name_of(client));
-    hub.typing(&room, client, &name, ctx.peer.map(|p| p.ip()))
+    let name = chat.name_for(client, name.as_ref());
+    chat.typing(&room, client, &name, ctx.peer.map(|p| p.ip()))
         .map_err(|TypingTooOften(retry_after)| ApiError::RateLimited { retry_after })?;
     let mut res = Response::new(Default::default());
     *res.status_mut() = StatusCode::NO_CONTENT;
