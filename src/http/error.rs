@@ -61,9 +61,9 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Refused(Refused::Rate { .. } | Refused::TooManyStreamsFromIp) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::Refused(
+                Refused::Rate { .. } | Refused::Typing { .. } | Refused::TooManyStreamsFromIp,
+            ) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Refused(Refused::TooManyStreams | Refused::TooManyLongPolls)
             | ApiError::ShuttingDown
             | ApiError::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -79,7 +79,9 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::MethodNotAllowed => Reason::bad_request,
             ApiError::PayloadTooLarge(_) => Reason::body_too_large,
             ApiError::UnsupportedMediaType => Reason::unsupported_media_type,
-            ApiError::Refused(Refused::Rate { .. }) => Reason::rate_limited,
+            ApiError::Refused(Refused::Rate { .. } | Refused::Typing { .. }) => {
+                Reason::rate_limited
+            }
             ApiError::Refused(Refused::TooManyStreams | Refused::TooManyStreamsFromIp) => {
                 Reason::too_many_streams
             }
@@ -95,7 +97,9 @@ impl ApiError {
     /// Seconds the client should wait before retrying, if it should.
     fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::Refused(Refused::Rate { retry_after }) => Some((*retry_after).max(1)),
+            ApiError::Refused(Refused::Rate { retry_after } | Refused::Typing { retry_after }) => {
+                Some((*retry_after).max(1))
+            }
             ApiError::Refused(Refused::TooManyStreams | Refused::TooManyLongPolls)
             | ApiError::ShuttingDown
             | ApiError::StorageUnavailable => Some(1),

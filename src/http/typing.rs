@@ -17,6 +17,7 @@ use super::messages::{body_kind, check_origin, read_body, BodyKind};
 use super::{identity, AppState, Ctx};
 use crate::chat::hub::TypingTooOften;
 use crate::chat::types::{DisplayName, RoomName};
+use crate::limits::Refused;
 
 /// A typing notice needs a room and a name at most: its body stays small
 /// whatever `--max-body-bytes` says.
@@ -37,16 +38,7 @@ where
         Ok(res) => res,
         Err(e) => {
             tracing::debug!(error = %e, peer = ?ctx.peer, "typing refused");
-            let too_often = matches!(e, ApiError::RateLimited { .. });
-            let mut res = e.respond(&state.metrics);
-            if too_often {
-                *res.body_mut() = serde_json::json!({
-                    "error": "typing notices: at most one every 2 s per client; retry later"
-                })
-                .to_string()
-                .into();
-            }
-            res
+            e.respond(&state.metrics)
         }
     }
 }
@@ -84,7 +76,7 @@ where
     let client = who.token.id();
     let name = chat.name_for(client, name.as_ref());
     chat.typing(&room, client, &name, ctx.peer.map(|p| p.ip()))
-        .map_err(|TypingTooOften(retry_after)| ApiError::RateLimited { retry_after })?;
+        .map_err(|TypingTooOften(retry_after)| Refused::Typing { retry_after })?;
     let mut res = Response::new(Default::default());
     *res.status_mut() = StatusCode::NO_CONTENT;
     if who.minted {
