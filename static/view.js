@@ -77,6 +77,11 @@ export function createView() {
   function toBottom() {
     list.scrollTop = list.scrollHeight;
   }
+  // A reader at the bottom stays there when the log changes size (the
+  // who-is-here panel appears, the phone turns, the keyboard opens).
+  let stuck = true;
+  list.addEventListener('scroll', () => { stuck = nearBottom(); }, { passive: true });
+  if (typeof ResizeObserver === 'function') new ResizeObserver(() => { if (stuck) toBottom(); }).observe(list);
   function removeEmpty() {
     const e = list.querySelector('.log-empty');
     if (e) e.remove();
@@ -196,6 +201,7 @@ export function createView() {
     },
     who({ shown, more }, me) {
       if (!whoEl) return;
+      const stick = nearBottom();
       whoList.replaceChildren(...shown.map((n) => {
         const li = node('li', 'who-name', n);
         if (n === me) li.append(' ', node('span', 'who-you', '(you)'));
@@ -204,6 +210,7 @@ export function createView() {
       whoMore.textContent = moreLine(more);
       whoMore.hidden = more <= 0;
       whoEl.hidden = false;
+      if (stick) toBottom(); // the panel may have narrowed the log
     },
     typing(line) {
       if (typingEl && typingEl.textContent !== line) typingEl.textContent = line;
