@@ -85,7 +85,7 @@ pub struct ListenArgs {
 
     /// Start after this message id (the messages after it are replayed).
     /// Without it (and without a state file) only new messages are shown.
-    #[arg(long, value_name = "ID")]
+    #[arg(long, value_name = "ID", value_parser = parse_id)]
     pub since: Option<String>,
 
     /// Keep the last message id in FILE (written atomically after each
@@ -148,6 +148,15 @@ fn parse_token(s: &str) -> Result<String, String> {
         Ok(s.to_owned())
     } else {
         Err("a client token is 32-128 of A-Z a-z 0-9 - _ . ~ (e.g. 32 random hex digits)".into())
+    }
+}
+
+/// Ids are opaque to the client, but travel in a header: printable ASCII.
+fn parse_id(s: &str) -> Result<String, String> {
+    if (1..=128).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_graphic()) {
+        Ok(s.to_owned())
+    } else {
+        Err("a message id is 1-128 printable ASCII characters".into())
     }
 }
 

@@ -39,7 +39,7 @@ impl StateFile {
         if id.is_empty() {
             return Ok(None);
         }
-        if id.len() > 128 || id.contains(|c: char| c.is_control()) {
+        if id.len() > 128 || !id.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "it does not hold a message id",
