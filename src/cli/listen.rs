@@ -463,7 +463,8 @@ impl Listener {
 
     fn notice(&self, line: &str) {
         if !self.args.quiet {
-            eprintln!("{line}");
+            // Not `eprintln!`: a closed stderr must not end the listener.
+            let _ = writeln!(std::io::stderr(), "{line}");
         }
     }
 }
