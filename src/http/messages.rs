@@ -12,12 +12,10 @@ use warp::reply::Response;
 use super::error::ApiError;
 use super::form::Fields;
 use super::{identity, json_response, AppState, Ctx};
-use crate::chat::fanout::RecvError;
-use crate::chat::message::{messages_after, Event, MessageJson};
+use crate::chat::history::NewMessage;
+use crate::chat::message::MessageJson;
 use crate::chat::types::{ClientMsgId, DisplayName, Invalid, MessageText, RoomName};
-use crate::chat::writer::Accepted;
-use crate::limits::Refused;
-use crate::store::NewMessage;
+use crate::chat::{Accepted, Newer};
 
 /// The fields of a POST, whatever the body's content type.
 #[derive(Debug, Default, Deserialize)]
@@ -29,13 +27,13 @@ struct PostFields {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum BodyKind {
+pub(super) enum BodyKind {
     Form,
     Json,
     Text,
 }
 
-fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
+pub(super) fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -56,7 +54,11 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
 
 /// Reads the body up to `limit` bytes (0 = no limit), whether or not it
 /// declares a `Content-Length`: a chunked body is cut off at the limit too.
-async fn read_body<S, B>(headers: &HeaderMap, body: S, limit: usize) -> Result<Bytes, ApiError>
+pub(super) async fn read_body<S, B>(
+    headers: &HeaderMap,
+    body: S,
+    limit: usize,
+) -> Result<Bytes, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
@@ -141,7 +143,7 @@ fn wants_html(headers: &HeaderMap) -> bool {
 /// sent to. Ports are not compared (cookies are not isolated by port
 /// either, and a reverse proxy on another port is the same site). Scripts
 /// send no `Origin` and are not affected.
-fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if get("sec-fetch-site") == Some("cross-site") {
         return Err(ApiError::ForbiddenOrigin);
@@ -178,7 +180,7 @@ where
     B: Buf,
 {
     let started = Instant::now();
-    let metrics = state.chat.hub.metrics().clone();
+    let metrics = state.metrics.clone();
     let res = match handle_post(&state, &ctx, body).await {
         Ok(res) => res,
         Err(e) => {
@@ -197,7 +199,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    if state.chat.hub.is_shutting_down() {
+    if state.chat.is_shutting_down() {
         return Err(ApiError::ShuttingDown);
     }
     check_origin(&ctx.headers)?;
@@ -220,26 +222,16 @@ where
     let who = identity::resolve(&ctx.headers, client_q.as_deref())?;
     let sender = who.token.id();
 
-    state
-        .limits
-        .check_post(sender, ctx.peer.map(|p| p.ip()))
-        .map_err(|r| match r {
-            Refused::Rate { retry_after } => ApiError::RateLimited { retry_after },
-            _ => unreachable!("check_post only refuses on rate"),
-        })?;
+    state.limits.check_post(sender, ctx.peer.map(|p| p.ip()))?;
 
-    let hub = &state.chat.hub;
-    if let Some(n) = &name {
-        hub.set_name(sender, n);
-    }
-    let name = name.unwrap_or_else(|| hub.name_of(sender));
+    let name = state.chat.name_for(sender, name.as_ref());
     let chars = text.as_str().chars().count();
     let outcome = state
         .chat
         .post(NewMessage {
             room: room.clone(),
             name: name.clone(),
-            text: text.into_string(),
+            text,
             sender,
             client_msg_id,
         })
@@ -290,7 +282,7 @@ const MAX_WAIT_SECS: f64 = 30.0;
 pub async fn history(state: AppState, ctx: Ctx) -> Response {
     match handle_history(&state, &ctx).await {
         Ok(res) => res,
-        Err(e) => e.respond(state.chat.hub.metrics()),
+        Err(e) => e.respond(&state.metrics),
     }
 }
 
@@ -322,50 +314,20 @@ async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiErro
     let viewer = identity::presented(&ctx.headers, client_q.as_deref())?.map(|(t, _)| t.id());
 
     let chat = &state.chat;
-    let fetch = || async {
-        match since {
-            Some(after) => chat.after(&room, Some(after), limit).await,
-            None => chat.latest(&room, limit).await,
-        }
-    };
     let mut messages = if wait > 0.0 {
-        // Watch before reading, so a message stored in between wakes us.
-        let mut sub = chat.hub.watch(&room).map_err(|_| ApiError::ShuttingDown)?;
-        let messages = fetch().await?;
-        if messages.is_empty() {
-            let _permit = state.limits.acquire_long_poll().map_err(|_| {
-                ApiError::ServerFull("too many long-polls waiting; retry later".into())
-            })?;
-            let metrics = chat.hub.metrics();
-            metrics.long_polls.inc();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
-            let woke = loop {
-                match tokio::time::timeout_at(deadline, sub.rx.recv()).await {
-                    Err(_) => break false,
-                    Ok(Ok(ev)) => match &*ev {
-                        // Messages the read above already covered (in a
-                        // cluster, a POST is answered before its fan-out
-                        // reaches every node).
-                        Event::Messages(list) if messages_after(list, since).is_empty() => continue,
-                        Event::Messages(_) => break true,
-                        Event::Shutdown => break false,
-                        _ => continue,
-                    },
-                    Ok(Err(RecvError::Lagged(_))) => break true,
-                    Ok(Err(RecvError::Closed)) => break false,
-                }
-            };
-            metrics.long_polls.dec();
-            if woke {
-                fetch().await?
-            } else {
-                messages
+        match chat.newer(&room, since, limit).await? {
+            Newer::Now(messages) => messages,
+            Newer::Later(waiting) => {
+                let _permit = state.limits.acquire_long_poll()?;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
+                state.metrics.long_polls.inc();
+                let found = waiting.until(deadline).await;
+                state.metrics.long_polls.dec();
+                found?
             }
-        } else {
-            messages
         }
     } else {
-        fetch().await?
+        chat.messages(&room, since, limit).await?
     };
     let last_id = match messages.last() {
         Some(m) => Some(m.id),

@@ -7,8 +7,10 @@ pub mod events;
 pub mod form;
 pub mod identity;
 pub mod messages;
+pub mod online;
 pub mod ops;
 pub mod pages;
+pub mod typing;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -22,6 +24,7 @@ use self::error::ApiError;
 use crate::chat::Chat;
 use crate::config::Config;
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
@@ -29,6 +32,7 @@ pub struct AppState {
     pub chat: Chat,
     pub config: Arc<Config>,
     pub limits: Arc<Limits>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The peer's address, put into each request's extensions by the server loop.
@@ -99,6 +103,17 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
         .and(s.clone())
         .and(ctx())
         .then(|s, c| Box::pin(events::events(s, c)) as Handler);
+    let typing = warp::path!("chat" / "typing")
+        .and(warp::post())
+        .and(s.clone())
+        .and(ctx())
+        .and(warp::body::stream())
+        .then(|s, c, body| Box::pin(typing::typing(s, c, body)) as Handler);
+    let online = warp::path!("chat" / "online")
+        .and(get_or_head())
+        .and(s.clone())
+        .and(ctx())
+        .then(|s, c| Box::pin(online::online(s, c)) as Handler);
     let healthz = warp::path!("healthz")
         .and(get_or_head())
         .and(s.clone())
@@ -121,6 +136,10 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
         .unify()
         .or(events)
         .unify()
+        .or(typing)
+        .unify()
+        .or(online)
+        .unify()
         .or(healthz)
         .unify()
         .or(metrics)
@@ -133,7 +152,6 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
 
 /// Unmatched routes and warp's own rejections, as JSON errors.
 async fn recover(r: Rejection, state: AppState) -> Result<Response, Infallible> {
-    let m = &state.chat.hub.metrics();
     let err = if r.is_not_found() {
         ApiError::NotFound
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
@@ -142,7 +160,7 @@ async fn recover(r: Rejection, state: AppState) -> Result<Response, Infallible> 
         tracing::debug!(rejection = ?r, "request rejected");
         ApiError::BadRequest("malformed request".into())
     };
-    Ok(err.respond(m))
+    Ok(err.respond(&state.metrics))
 }
 
 pub(crate) fn json_response<T: serde::Serialize>(

@@ -6,6 +6,7 @@ mod abuse;
 mod browser;
 mod cli;
 mod cluster;
+mod crowds;
 mod durability;
 mod external;
 mod history;
