@@ -178,7 +178,15 @@ impl Sender {
                     (remote::refusal(res).await, hint)
                 }
                 Ok(res) => return Outcome::Refused(res.status(), remote::refusal(res).await),
-                Err(e) => (remote::describe(&e), None),
+                Err(e) => {
+                    let why = remote::describe(&e);
+                    // A certificate that does not verify will not verify
+                    // on the next try either.
+                    if why.contains("invalid peer certificate") {
+                        return Outcome::Unreachable(why);
+                    }
+                    (why, None)
+                }
             };
             let wait = hint
                 .map(|h| h.max(Duration::from_millis(100)))

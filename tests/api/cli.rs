@@ -13,12 +13,12 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::external::{free_port, need};
-use crate::helpers::{all_messages, spawn_binary, token, BinApp, WAIT};
+use crate::helpers::{all_messages, spawn_binary, ssechat_command, token, BinApp, WAIT};
 
-/// The binary as a client, with nothing from the test's environment that
-/// would change where it connects.
+/// The binary as a client, with nothing from the developer's environment
+/// that would change where it connects or who it is.
 fn client(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ssechat"));
+    let mut cmd = ssechat_command();
     cmd.args(args);
     for var in [
         "HTTP_PROXY",
@@ -29,8 +29,6 @@ fn client(args: &[&str]) -> Command {
         "all_proxy",
         "NO_PROXY",
         "no_proxy",
-        "SSECHAT_URL",
-        "SSECHAT_CLIENT",
     ] {
         cmd.env_remove(var);
     }
@@ -839,4 +837,151 @@ async fn an_endless_event_is_cut_off_and_the_listener_reconnects() {
     let heads = heads.lock().unwrap();
     assert_eq!(heads.len(), 2);
     assert!(heads[1].contains("last-event-id: 5\r\n"), "{}", heads[1]);
+}
+
+/// A private CA and a certificate for 127.0.0.1 signed by it (openssl),
+/// and nginx serving HTTPS with it in front of `upstream`.
+struct HttpsFront {
+    child: Child,
+    base: String,
+    ca: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl HttpsFront {
+    fn start(openssl: &Path, nginx: &Path, upstream: std::net::SocketAddr) -> HttpsFront {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ossl = |args: &[&str]| {
+            let out = Command::new(openssl)
+                .current_dir(d)
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut args = vec!["req", "-x509", "-days", "2", "-subj", "/CN=ssechat test CA"];
+        args.extend(ec);
+        args.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+        ossl(&args);
+        let mut args = vec!["req", "-subj", "/CN=127.0.0.1"];
+        args.extend(ec);
+        args.extend(["-keyout", "srv.key", "-out", "srv.csr"]);
+        ossl(&args);
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        ossl(&[
+            "x509",
+            "-req",
+            "-in",
+            "srv.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "srv.pem",
+        ]);
+        let port = free_port();
+        let dd = d.display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {dd}/nginx.pid;\n\
+             error_log stderr warn;\nevents {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {dd}/cb;\n  \
+             proxy_temp_path {dd}/px;\n  fastcgi_temp_path {dd}/fc;\n  \
+             uwsgi_temp_path {dd}/uw;\n  scgi_temp_path {dd}/sc;\n  \
+             server {{\n    listen 127.0.0.1:{port} ssl;\n    \
+             ssl_certificate {dd}/srv.pem;\n    ssl_certificate_key {dd}/srv.key;\n    \
+             location / {{\n      proxy_pass http://{upstream};\n      \
+             proxy_http_version 1.1;\n      proxy_buffering off;\n    }}\n  }}\n}}\n"
+        );
+        std::fs::write(d.join("nginx.conf"), conf).unwrap();
+        let child = Command::new(nginx)
+            .arg("-c")
+            .arg(d.join("nginx.conf"))
+            .arg("-p")
+            .arg(d)
+            .args(["-e", "stderr"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx starts");
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nginx is not listening on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        HttpsFront {
+            child,
+            base: format!("https://127.0.0.1:{port}"),
+            ca: d.join("ca.pem"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for HttpsFront {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn https_with_a_private_ca_works_with_ca_and_fails_fast_without() {
+    let test = "https_with_a_private_ca_works_with_ca_and_fails_fast_without";
+    let Some(programs) = need(test, &["openssl", "nginx"]) else {
+        return;
+    };
+    let app = server(&[]);
+    let front = HttpsFront::start(&programs[0], &programs[1], app.addr);
+    let ca = front.ca.to_str().unwrap();
+
+    let started = Instant::now();
+    let out = run(send(&front.base, &["--room", "tls", "untrusted"]), "");
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("certificate"), "{}", out.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no retries for a bad certificate"
+    );
+
+    let l = Listener::start(listen(
+        &front.base,
+        &["--room", "tls", "--ca", ca, "--count", "1"],
+    ));
+    let out = run(
+        send(&front.base, &["--room", "tls", "--ca", ca, "over TLS"]),
+        "",
+    );
+    assert_eq!(out.code, 0, "stderr: {}", out.stderr);
+    let (code, lines) = l.finish();
+    assert_eq!(code, 0);
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].ends_with(": over TLS"), "{lines:?}");
+    let stored = all_messages(&app.base, "tls").await;
+    assert_eq!(stored.len(), 1, "the untrusted attempt sent nothing");
 }
