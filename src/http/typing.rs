@@ -15,7 +15,6 @@ use super::error::ApiError;
 use super::form::Fields;
 use super::messages::{body_kind, check_origin, read_body, BodyKind};
 use super::{identity, AppState, Ctx};
-use crate::chat::hub::TypingTooOften;
 use crate::chat::types::{DisplayName, RoomName};
 
 /// A typing notice needs a room and a name at most: its body stays small
@@ -37,16 +36,7 @@ where
         Ok(res) => res,
         Err(e) => {
             tracing::debug!(error = %e, peer = ?ctx.peer, "typing refused");
-            let too_often = matches!(e, ApiError::RateLimited { .. });
-            let mut res = e.respond(&state.metrics);
-            if too_often {
-                *res.body_mut() = serde_json::json!({
-                    "error": "typing notices: at most one every 2 s per client; retry later"
-                })
-                .to_string()
-                .into();
-            }
-            res
+            e.respond(&state.metrics)
         }
     }
 }
@@ -83,8 +73,7 @@ where
     let who = identity::resolve(&ctx.headers, client_q.as_deref())?;
     let client = who.token.id();
     let name = chat.name_for(client, name.as_ref());
-    chat.typing(&room, client, &name, ctx.peer.map(|p| p.ip()))
-        .map_err(|TypingTooOften(retry_after)| ApiError::RateLimited { retry_after })?;
+    chat.typing(&room, client, &name, ctx.peer.map(|p| p.ip()))?;
     let mut res = Response::new(Default::default());
     *res.status_mut() = StatusCode::NO_CONTENT;
     if who.minted {
