@@ -183,6 +183,14 @@ impl Listener {
     }
 }
 
+impl Drop for Listener {
+    /// A listener runs for ever unless told otherwise: never leave one behind.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn listen(base: &str, args: &[&str]) -> Command {
     let mut cmd = client(&["listen", "--url", base]);
     cmd.args(args);
