@@ -12,12 +12,11 @@ use warp::reply::Response;
 use super::error::ApiError;
 use super::form::Fields;
 use super::{identity, json_response, AppState, Ctx};
-use crate::chat::fanout::RecvError;
-use crate::chat::message::{messages_after, Event, MessageJson};
+use crate::chat::history::NewMessage;
+use crate::chat::message::MessageJson;
 use crate::chat::types::{ClientMsgId, DisplayName, Invalid, MessageText, RoomName};
-use crate::chat::writer::Accepted;
+use crate::chat::{Accepted, Newer};
 use crate::limits::Refused;
-use crate::store::NewMessage;
 
 /// The fields of a POST, whatever the body's content type.
 #[derive(Debug, Default, Deserialize)]
@@ -178,7 +177,7 @@ where
     B: Buf,
 {
     let started = Instant::now();
-    let metrics = state.chat.hub.metrics().clone();
+    let metrics = state.metrics.clone();
     let res = match handle_post(&state, &ctx, body).await {
         Ok(res) => res,
         Err(e) => {
@@ -197,7 +196,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    if state.chat.hub.is_shutting_down() {
+    if state.chat.is_shutting_down() {
         return Err(ApiError::ShuttingDown);
     }
     check_origin(&ctx.headers)?;
@@ -228,18 +227,14 @@ where
             _ => unreachable!("check_post only refuses on rate"),
         })?;
 
-    let hub = &state.chat.hub;
-    if let Some(n) = &name {
-        hub.set_name(sender, n);
-    }
-    let name = name.unwrap_or_else(|| hub.name_of(sender));
+    let name = state.chat.name_for(sender, name.as_ref());
     let chars = text.as_str().chars().count();
     let outcome = state
         .chat
         .post(NewMessage {
             room: room.clone(),
             name: name.clone(),
-            text: text.into_string(),
+            text,
             sender,
             client_msg_id,
         })
@@ -290,7 +285,7 @@ const MAX_WAIT_SECS: f64 = 30.0;
 pub async fn history(state: AppState, ctx: Ctx) -> Response {
     match handle_history(&state, &ctx).await {
         Ok(res) => res,
-        Err(e) => e.respond(state.chat.hub.metrics()),
+        Err(e) => e.respond(&state.metrics),
     }
 }
 
@@ -322,50 +317,22 @@ async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiErro
     let viewer = identity::presented(&ctx.headers, client_q.as_deref())?.map(|(t, _)| t.id());
 
     let chat = &state.chat;
-    let fetch = || async {
-        match since {
-            Some(after) => chat.after(&room, Some(after), limit).await,
-            None => chat.latest(&room, limit).await,
-        }
-    };
     let mut messages = if wait > 0.0 {
-        // Watch before reading, so a message stored in between wakes us.
-        let mut sub = chat.hub.watch(&room).map_err(|_| ApiError::ShuttingDown)?;
-        let messages = fetch().await?;
-        if messages.is_empty() {
-            let _permit = state.limits.acquire_long_poll().map_err(|_| {
-                ApiError::ServerFull("too many long-polls waiting; retry later".into())
-            })?;
-            let metrics = chat.hub.metrics();
-            metrics.long_polls.inc();
-            let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
-            let woke = loop {
-                match tokio::time::timeout_at(deadline, sub.rx.recv()).await {
-                    Err(_) => break false,
-                    Ok(Ok(ev)) => match &*ev {
-                        // Messages the read above already covered (in a
-                        // cluster, a POST is answered before its fan-out
-                        // reaches every node).
-                        Event::Messages(list) if messages_after(list, since).is_empty() => continue,
-                        Event::Messages(_) => break true,
-                        Event::Shutdown => break false,
-                        _ => continue,
-                    },
-                    Ok(Err(RecvError::Lagged(_))) => break true,
-                    Ok(Err(RecvError::Closed)) => break false,
-                }
-            };
-            metrics.long_polls.dec();
-            if woke {
-                fetch().await?
-            } else {
-                messages
+        match chat.newer(&room, since, limit).await? {
+            Newer::Now(messages) => messages,
+            Newer::Later(waiting) => {
+                let _permit = state.limits.acquire_long_poll().map_err(|_| {
+                    ApiError::ServerFull("too many long-polls waiting; retry later".into())
+                })?;
+                let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
+                state.metrics.long_polls.inc();
+                let found = waiting.until(deadline).await;
+                state.metrics.long_polls.dec();
+                found?
             }
-        } else {
-            messages
         }
     } else {
-        fetch().await?
+        chat.messages(&room, since, limit).await?
     };
     let last_id = match messages.last() {
         Some(m) => Some(m.id),

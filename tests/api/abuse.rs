@@ -37,7 +37,7 @@ async fn stream_caps_answer_503_in_total_and_429_per_ip() {
     assert!(msg.contains("from your address"), "{msg}");
     // The place comes back when the stream ends.
     drop(_c);
-    let m = app2.chat.hub.metrics().clone();
+    let m = app2.metrics.clone();
     eventually("the stream is closed", || m.sse_streams.get() == 0).await;
     assert_eq!(app2.events("room=c").await.status, 200);
 }
@@ -49,7 +49,7 @@ async fn long_poll_cap_answers_503() {
     let url = app.url(&format!("/chat/messages?room=lp&since={first}&wait=20"));
     let http = app.http.clone();
     let waiting = tokio::spawn(async move { http.get(url).send().await.unwrap().status() });
-    let m = app.chat.hub.metrics().clone();
+    let m = app.metrics.clone();
     eventually("one long-poll waiting", || m.long_polls.get() == 1).await;
     let (status, msg) = refused_get(
         &app,
@@ -298,8 +298,9 @@ async fn graceful_shutdown_with_many_streams_and_a_long_poll_exits_0_in_time() {
         "--max-streams-per-ip",
         "0",
         "--shutdown-timeout",
-        "5",
+        "20",
     ]);
+    let log = server.log.clone();
     let first = server.send("g", "x").await;
     let mut streams = Vec::new();
     for i in 0..300 {
@@ -320,7 +321,17 @@ async fn graceful_shutdown_with_many_streams_and_a_long_poll_exits_0_in_time() {
     let took = started.elapsed();
     eprintln!("shutdown with 300 streams took {took:?}");
     assert_eq!(code, Some(0));
-    assert!(took < Duration::from_secs(5), "took {took:?}");
+    // Ending the streams is what makes it quick, not the grace period
+    // running out (20 s, generous for a loaded machine; the log says when
+    // it runs out).
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    let has = |what: &str| log.lock().unwrap().iter().any(|l| l.contains(what));
+    // The log reader may lag the exit: wait for the last line first.
+    eventually("the log's last line is read", || has("shutdown complete")).await;
+    assert!(
+        !has("shutdown timeout reached"),
+        "every connection finished by itself"
+    );
     let res = poll.await.unwrap();
     assert_eq!(res.status(), 200);
     assert_eq!(res.json::<Value>().await.unwrap()["messages"], json!([]));

@@ -5,7 +5,8 @@
 //! W3C WebDriver client over reqwest + serde_json.
 //!
 //! A missing program prints a loud `SKIPPED: <program> not found` and the
-//! test returns, unless `SSECHAT_REQUIRE_EXTERNAL=1`, when it fails.
+//! test returns, unless `SSECHAT_REQUIRE_EXTERNAL=1`, when it fails (both
+//! decided by `helpers::skip`).
 
 #![allow(dead_code)]
 
@@ -31,10 +32,6 @@ const DIRS: &[&str] = &[
     "/sbin",
 ];
 
-pub fn require_external() -> bool {
-    std::env::var("SSECHAT_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1")
-}
-
 /// The program's path from PATH or the usual directories.
 pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -57,15 +54,12 @@ pub fn need(test: &str, names: &[&str]) -> Option<Vec<PathBuf>> {
         match find_program(name) {
             Some(p) => found.push(p),
             None => {
-                assert!(
-                    !require_external(),
-                    "{name} not found, and SSECHAT_REQUIRE_EXTERNAL=1 requires it (test {test})"
-                );
-                eprintln!(
-                    "\n==============================================================\n\
-                     SKIPPED: {name} not found (test {test}; install it, e.g. \
-                     `apt-get install chromium chromium-driver nginx-light`)\n\
-                     =============================================================="
+                crate::helpers::skip(
+                    test,
+                    &format!(
+                        "{name} not found (install it, e.g. \
+                         `apt-get install chromium chromium-driver nginx-light`)"
+                    ),
                 );
                 return None;
             }
@@ -140,7 +134,7 @@ pub struct FixedServer {
 impl FixedServer {
     /// Starts `ssechat --port PORT args…` and waits for `/healthz`.
     pub async fn start(port: u16, args: &[&str]) -> FixedServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ssechat"))
+        let mut child = crate::helpers::ssechat_command()
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--post-rate", "0", "--max-streams-per-ip", "0"])
             .args(args)
