@@ -80,7 +80,9 @@ done
 echo "schemathesis.sh: server on 127.0.0.1:$PORT; at most $MAX_EXAMPLES examples per operation, ${MAX_TIME} s" >&2
 status=0
 # shellcheck disable=SC2086
-timeout --signal=INT $((MAX_TIME + 60)) python3 -m schemathesis.cli run "$WORK/openapi.yaml" \
+# Run from the temp dir: schemathesis keeps its example database in the
+# working directory.
+(cd "$WORK" && timeout --signal=INT $((MAX_TIME + 60)) python3 -m schemathesis.cli run "$WORK/openapi.yaml" \
     --url "http://127.0.0.1:$PORT" \
     --exclude-operation-id events \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,positive_data_acceptance \
@@ -90,7 +92,7 @@ timeout --signal=INT $((MAX_TIME + 60)) python3 -m schemathesis.cli run "$WORK/o
     --max-redirects 0 \
     --workers 2 \
     ${ST_SEED:+--seed "$ST_SEED"} \
-    ${ST_ARGS:-} || status=$?
+    ${ST_ARGS:-}) || status=$?
 
 if ! kill -0 "$SERVER" 2>/dev/null; then
     echo "schemathesis.sh: ERROR the server died during the run:" >&2

@@ -18,12 +18,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use clap::Parser as _;
 use http::{HeaderName, HeaderValue, Request, StatusCode};
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
 use libfuzzer_sys::fuzz_target;
-use ssechat::chat::hub::Hub;
 use ssechat::chat::types::ClientToken;
 use ssechat::chat::Chat;
 use ssechat::config::Config;
@@ -137,7 +135,7 @@ fn config(limited: bool) -> Arc<Config> {
                 "--max-body-bytes", "2048", "--max-message-chars", "200",
             ];
             args.extend_from_slice(extra);
-            Arc::new(Config::try_parse_from(args).unwrap())
+            Arc::new(Config::from_flags(args).unwrap())
         };
         [
             parse(&["--post-rate", "0", "--max-streams", "0", "--max-streams-per-ip", "0", "--max-long-polls", "0"]),
@@ -236,8 +234,9 @@ async fn run(data: &[u8]) {
         None => (false, data),
     };
     let config = config(limited);
-    let hub = Hub::new(config.stream_buffer, Arc::new(Metrics::default()));
-    let chat = Chat::new(hub, Arc::new(MemoryStore::new(config.history)));
+    let metrics = Arc::new(Metrics::default());
+    let chat = Chat::new(Arc::new(MemoryStore::new(config.history)), config.stream_buffer, metrics.clone())
+        .expect("the chat starts");
     let limits = Arc::new(Limits::new(
         config.post_rate,
         config.post_burst,
@@ -245,7 +244,7 @@ async fn run(data: &[u8]) {
         config.max_streams_per_ip,
         config.max_long_polls,
     ));
-    let state = AppState { chat: chat.clone(), config: config.clone(), limits };
+    let state = AppState { chat: chat.clone(), config: config.clone(), limits, metrics };
     let svc = warp::service(routes(state));
     let mut seen = Seen { ids: Vec::new() };
     let mut streams: Vec<(String, Response, Parser, Vec<u64>)> = Vec::new();
@@ -330,7 +329,7 @@ async fn run(data: &[u8]) {
             }
         }
     }
-    chat.hub.shutdown();
+    chat.shutdown();
     chat.close().await;
 }
 

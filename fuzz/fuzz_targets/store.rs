@@ -16,10 +16,11 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use libfuzzer_sys::fuzz_target;
-use ssechat::chat::types::{ClientId, ClientMsgId, DisplayName, EventId, RoomName};
+use ssechat::chat::history::{Appended, History, NewMessage};
+use ssechat::chat::types::{ClientId, ClientMsgId, DisplayName, EventId, MessageText, RoomName};
+use ssechat::config::Durability;
 use ssechat::store::memory::MemoryStore;
-use ssechat::store::sqlite::{Durability, SqliteStore};
-use ssechat::store::{Appended, NewMessage, Store};
+use ssechat::store::sqlite::SqliteStore;
 
 #[derive(Debug)]
 struct Msg {
@@ -161,7 +162,7 @@ struct Model<'a> {
     rooms: HashMap<u8, Vec<Kept>>,
     ids: Vec<EventId>,
     keys: HashMap<(u8, u8), (EventId, u8)>,
-    store: &'a dyn Store,
+    store: &'a dyn History,
     name: &'static str,
 }
 
@@ -215,7 +216,7 @@ impl Model<'_> {
                     .map(|m| NewMessage {
                         room: self.room(m.room),
                         name: DisplayName::parse("fuzz").unwrap(),
-                        text: m.text.clone(),
+                        text: MessageText::parse(m.text.clone(), 0).unwrap(),
                         sender: self.sender(m.sender),
                         client_msg_id: m.key.map(|k| ClientMsgId::parse(&format!("k{k}")).unwrap()),
                     })
@@ -310,7 +311,7 @@ impl Model<'_> {
     }
 }
 
-fn check(store: &dyn Store, name: &'static str, ns: String, salt: u128, ops: &[Op]) {
+fn check(store: &dyn History, name: &'static str, ns: String, salt: u128, ops: &[Op]) {
     let mut model = Model {
         ns,
         salt,
