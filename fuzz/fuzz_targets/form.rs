@@ -45,7 +45,10 @@ fn reference(input: &[u8]) -> Option<Vec<(String, String)>> {
 fn check(input: &[u8], want: Option<Vec<(String, String)>>) {
     let got = Fields::parse(input);
     let Some(pairs) = want else {
-        assert!(got.is_err(), "accepted what is not valid form data: {input:?}");
+        assert!(
+            got.is_err(),
+            "accepted what is not valid form data: {input:?}"
+        );
         return;
     };
     let mut fields = got.unwrap_or_else(|e| panic!("refused valid form data {input:?}: {e}"));
@@ -53,12 +56,20 @@ fn check(input: &[u8], want: Option<Vec<(String, String)>>) {
     keys.sort_unstable();
     keys.dedup();
     for key in keys {
-        let values: Vec<&str> = pairs.iter().filter(|(k, _)| k == key).map(|(_, v)| v.as_str()).collect();
+        let values: Vec<&str> = pairs
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect();
         let taken = fields.take(key);
         if values.len() == 1 {
             assert_eq!(taken.unwrap().as_deref(), Some(values[0]), "field {key:?}");
         } else {
-            assert!(taken.is_err(), "field {key:?} given {} times was read as one", values.len());
+            assert!(
+                taken.is_err(),
+                "field {key:?} given {} times was read as one",
+                values.len()
+            );
         }
         assert_eq!(fields.take(key).unwrap(), None, "a field is taken once");
     }
@@ -80,13 +91,14 @@ fn enc(s: &str) -> String {
     serde_urlencoded::to_string([("x", s)]).unwrap()[2..].to_owned()
 }
 
-/// An input is a query string or form body as sent, except one that starts
-/// with `ENCODE:`: the rest then makes (arbitrarily) field names and values
-/// that are encoded the way a browser does before decoding.
+// An input is a query string or form body as sent, except one that starts
+// with `ENCODE:`: the rest then makes (arbitrarily) field names and values
+// that are encoded the way a browser does before decoding.
 fuzz_target!(|data: &[u8]| match data.strip_prefix(b"ENCODE:") {
     None => check(data, reference(data)),
     Some(rest) => {
-        let Ok(pairs) = Vec::<(String, String)>::arbitrary_take_rest(Unstructured::new(rest)) else {
+        let Ok(pairs) = Vec::<(String, String)>::arbitrary_take_rest(Unstructured::new(rest))
+        else {
             return;
         };
         let pairs: Vec<(String, String)> = pairs.into_iter().take(16).collect();

@@ -55,7 +55,9 @@ fn parse_raw(segment: &[u8]) -> Option<Raw<'_>> {
             None => (segment, &b""[..]),
         },
     };
-    let mut lines = head.split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = head
+        .split(|&b| b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let line = std::str::from_utf8(lines.next()?).ok()?;
     let mut parts = line.split(' ');
     let method = parts.next()?;
@@ -67,7 +69,12 @@ fn parse_raw(segment: &[u8]) -> Option<Raw<'_>> {
             Some((&l[..i], value))
         })
         .collect();
-    Some(Raw { method, target, headers, body })
+    Some(Raw {
+        method,
+        target,
+        headers,
+        body,
+    })
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -93,10 +100,18 @@ fn substitute(segment: &[u8], seen: &Seen) -> Vec<u8> {
     let mut i = 0;
     while i < segment.len() {
         let rest = &segment[i..];
-        let digit = |at: usize| rest.get(at).filter(|b| b.is_ascii_digit()).map(|b| usize::from(b - b'0'));
+        let digit = |at: usize| {
+            rest.get(at)
+                .filter(|b| b.is_ascii_digit())
+                .map(|b| usize::from(b - b'0'))
+        };
         if rest.starts_with(b"$ID") {
             if let Some(n) = digit(3) {
-                let id = if seen.ids.is_empty() { 0 } else { seen.ids[n % seen.ids.len()] };
+                let id = if seen.ids.is_empty() {
+                    0
+                } else {
+                    seen.ids[n % seen.ids.len()]
+                };
                 out.extend_from_slice(id.to_string().as_bytes());
                 i += 4;
                 continue;
@@ -131,15 +146,44 @@ fn config(limited: bool) -> Arc<Config> {
     let configs = CONFIGS.get_or_init(|| {
         let parse = |extra: &[&str]| {
             let mut args = vec![
-                "ssechat", "--port", "0", "--db", ":memory:", "--history", "20",
-                "--max-body-bytes", "2048", "--max-message-chars", "200",
+                "ssechat",
+                "--port",
+                "0",
+                "--db",
+                ":memory:",
+                "--history",
+                "20",
+                "--max-body-bytes",
+                "2048",
+                "--max-message-chars",
+                "200",
             ];
             args.extend_from_slice(extra);
             Arc::new(Config::from_flags(args).unwrap())
         };
         [
-            parse(&["--post-rate", "0", "--max-streams", "0", "--max-streams-per-ip", "0", "--max-long-polls", "0"]),
-            parse(&["--post-rate", "1", "--post-burst", "2", "--max-streams", "3", "--max-streams-per-ip", "2", "--max-long-polls", "1"]),
+            parse(&[
+                "--post-rate",
+                "0",
+                "--max-streams",
+                "0",
+                "--max-streams-per-ip",
+                "0",
+                "--max-long-polls",
+                "0",
+            ]),
+            parse(&[
+                "--post-rate",
+                "1",
+                "--post-burst",
+                "2",
+                "--max-streams",
+                "3",
+                "--max-streams-per-ip",
+                "2",
+                "--max-long-polls",
+                "1",
+            ]),
         ]
     });
     configs[usize::from(limited)].clone()
@@ -163,17 +207,23 @@ type Chunks = futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>,
 fn build(segment: &[u8], seen: &Seen) -> Option<Request<StreamBody<Chunks>>> {
     let segment = substitute(segment, seen);
     let raw = parse_raw(&segment)?;
-    let mut b = Request::builder().method(raw.method).uri(raw.target.as_str());
+    let mut b = Request::builder()
+        .method(raw.method)
+        .uri(raw.target.as_str());
     let mut controls = Controls::default();
     let mut declared = false;
     let mut chunked = false;
     for (name, value) in raw.headers.iter().take(32) {
         match &name.to_ascii_lowercase()[..] {
-            b"x-fuzz-chunk" => controls.chunk = std::str::from_utf8(value).ok()?.parse().unwrap_or(0),
+            b"x-fuzz-chunk" => {
+                controls.chunk = std::str::from_utf8(value).ok()?.parse().unwrap_or(0)
+            }
             b"x-fuzz-fail" => controls.fail = value == b"1",
             b"x-fuzz-peer" => controls.peer = value.first().copied().unwrap_or(b'0'),
             n => {
-                let (Ok(name), Ok(value)) = (HeaderName::from_bytes(n), HeaderValue::from_bytes(value)) else {
+                let (Ok(name), Ok(value)) =
+                    (HeaderName::from_bytes(n), HeaderValue::from_bytes(value))
+                else {
                     continue;
                 };
                 if name == http::header::CONTENT_LENGTH {
@@ -192,7 +242,10 @@ fn build(segment: &[u8], seen: &Seen) -> Option<Request<StreamBody<Chunks>>> {
         if chunked {
             h.remove(http::header::CONTENT_LENGTH);
         } else if declared || !raw.body.is_empty() {
-            h.insert(http::header::CONTENT_LENGTH, HeaderValue::from(raw.body.len()));
+            h.insert(
+                http::header::CONTENT_LENGTH,
+                HeaderValue::from(raw.body.len()),
+            );
         }
     }
     let peer = match controls.peer % 4 {
@@ -204,20 +257,34 @@ fn build(segment: &[u8], seen: &Seen) -> Option<Request<StreamBody<Chunks>>> {
     if let Some(ip) = peer {
         b = b.extension(PeerAddr(SocketAddr::new(ip, 40000)));
     }
-    let size = if controls.chunk == 0 { raw.body.len().max(1) } else { controls.chunk };
-    let mut chunks: Vec<Result<Frame<Bytes>, std::io::Error>> =
-        raw.body.chunks(size).map(|c| Ok(Frame::data(Bytes::copy_from_slice(c)))).collect();
+    let size = if controls.chunk == 0 {
+        raw.body.len().max(1)
+    } else {
+        controls.chunk
+    };
+    let mut chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = raw
+        .body
+        .chunks(size)
+        .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+        .collect();
     if controls.fail {
-        chunks.push(Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "client hung up")));
+        chunks.push(Err(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "client hung up",
+        )));
     }
-    b.body(StreamBody::new(futures_util::stream::iter(chunks))).ok()
+    b.body(StreamBody::new(futures_util::stream::iter(chunks)))
+        .ok()
 }
 
 const ALLOWED: &[u16] = &[200, 201, 303, 304, 400, 403, 404, 405, 413, 415, 429, 503];
 
 fn json_body(bytes: &[u8], what: &str) -> serde_json::Value {
     serde_json::from_slice(bytes).unwrap_or_else(|e| {
-        panic!("{what}: body is not JSON ({e}): {:?}", String::from_utf8_lossy(bytes))
+        panic!(
+            "{what}: body is not JSON ({e}): {:?}",
+            String::from_utf8_lossy(bytes)
+        )
     })
 }
 
@@ -235,8 +302,12 @@ async fn run(data: &[u8]) {
     };
     let config = config(limited);
     let metrics = Arc::new(Metrics::default());
-    let chat = Chat::new(Arc::new(MemoryStore::new(config.history)), config.stream_buffer, metrics.clone())
-        .expect("the chat starts");
+    let chat = Chat::new(
+        Arc::new(MemoryStore::new(config.history)),
+        config.stream_buffer,
+        metrics.clone(),
+    )
+    .expect("the chat starts");
     let limits = Arc::new(Limits::new(
         config.post_rate,
         config.post_burst,
@@ -244,7 +315,12 @@ async fn run(data: &[u8]) {
         config.max_streams_per_ip,
         config.max_long_polls,
     ));
-    let state = AppState { chat: chat.clone(), config: config.clone(), limits, metrics };
+    let state = AppState {
+        chat: chat.clone(),
+        config: config.clone(),
+        limits,
+        metrics,
+    };
     let svc = warp::service(routes(state));
     let mut seen = Seen { ids: Vec::new() };
     let mut streams: Vec<(String, Response, Parser, Vec<u64>)> = Vec::new();
@@ -254,16 +330,29 @@ async fn run(data: &[u8]) {
 
     let segments: Vec<&[u8]> = split(data, SEPARATOR);
     for segment in segments.into_iter().take(4) {
-        let Some(request) = build(segment, &seen) else { continue };
+        let Some(request) = build(segment, &seen) else {
+            continue;
+        };
         let is_post = request.method() == http::Method::POST;
         let path = request.uri().path().to_owned();
         let room = room_of(&request);
         let mut svc = svc.clone();
         let res: Response = tower_call(&mut svc, request).await;
         let status = res.status();
-        assert!(ALLOWED.contains(&status.as_u16()), "{path}: status {status} is not one the SPEC allows");
-        assert!(status != StatusCode::SERVICE_UNAVAILABLE || limited, "{path}: 503 without limits or shutdown");
-        let ct = res.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+        assert!(
+            ALLOWED.contains(&status.as_u16()),
+            "{path}: status {status} is not one the SPEC allows"
+        );
+        assert!(
+            status != StatusCode::SERVICE_UNAVAILABLE || limited,
+            "{path}: 503 without limits or shutdown"
+        );
+        let ct = res
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
         if ct == "text/event-stream" {
             assert_eq!(status, 200);
             let mut parser = Parser::new();
@@ -281,15 +370,24 @@ async fn run(data: &[u8]) {
             .unwrap_or_else(|e| panic!("{path}: the body failed: {e}"))
             .to_bytes();
         if status.is_client_error() || status.is_server_error() {
-            assert!(ct.starts_with("application/json"), "{path}: error {status} as {ct:?}");
+            assert!(
+                ct.starts_with("application/json"),
+                "{path}: error {status} as {ct:?}"
+            );
             let v = json_body(&body, &path);
-            let msg = v["error"].as_str().unwrap_or_else(|| panic!("{path}: error without a reason: {v}"));
+            let msg = v["error"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{path}: error without a reason: {v}"));
             assert!(!msg.is_empty());
             continue;
         }
         if is_post && path == "/chat/messages" && (status == 201 || status == 200) {
             let v = json_body(&body, "POST");
-            let id: u64 = v["id"].as_str().expect("id is a string").parse().expect("id is decimal");
+            let id: u64 = v["id"]
+                .as_str()
+                .expect("id is a string")
+                .parse()
+                .expect("id is decimal");
             assert!(v["room"].as_str().is_some_and(|r| !r.is_empty()));
             seen.ids.push(id);
             if status == 201 {
@@ -305,7 +403,10 @@ async fn run(data: &[u8]) {
                 .iter()
                 .map(|m| m["id"].as_str().expect("id").parse().expect("decimal id"))
                 .collect();
-            assert!(ids.windows(2).all(|w| w[0] < w[1]), "history out of order: {ids:?}");
+            assert!(
+                ids.windows(2).all(|w| w[0] < w[1]),
+                "history out of order: {ids:?}"
+            );
             assert!(v["last_id"].is_null() || v["last_id"].is_string());
             seen.ids.extend(ids);
         }
@@ -322,10 +423,16 @@ async fn run(data: &[u8]) {
                 }
             }
         }
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "stream ids not strictly increasing: {ids:?}");
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "stream ids not strictly increasing: {ids:?}"
+        );
         for (id, open) in &posted {
             if open.contains(&i) {
-                assert!(ids.contains(id), "stream {i} on {room} missed message {id} (got {ids:?})");
+                assert!(
+                    ids.contains(id),
+                    "stream {i} on {room} missed message {id} (got {ids:?})"
+                );
             }
         }
     }
@@ -383,11 +490,17 @@ where
 }
 
 fn check_stream_start(items: &[Item], ids: &mut Vec<u64>, path: &str) {
-    assert!(matches!(items.first(), Some(Item::Retry(_))), "{path}: a stream starts with retry: {items:?}");
+    assert!(
+        matches!(items.first(), Some(Item::Retry(_))),
+        "{path}: a stream starts with retry: {items:?}"
+    );
     match items.get(1) {
         Some(Item::Event(e)) if e.event == "hello" => {
             let v: serde_json::Value = serde_json::from_str(&e.data).expect("hello is JSON");
-            assert!(v["room"].is_string() && v["name"].is_string() && v["online"].is_u64(), "hello: {v}");
+            assert!(
+                v["room"].is_string() && v["name"].is_string() && v["online"].is_u64(),
+                "hello: {v}"
+            );
         }
         other => panic!("{path}: the second item is not hello: {other:?}"),
     }

@@ -58,19 +58,48 @@ struct Input {
 /// [client]`, `P name online flags` (`j` join, `t` text format), `K chunk
 /// lengths` (bytes), `G garbage` (bytes for the parser alone).
 fn parse_input(data: &[u8]) -> Input {
-    let mut input = Input { pieces: Vec::new(), chunks: Vec::new(), garbage: Vec::new() };
+    let mut input = Input {
+        pieces: Vec::new(),
+        chunks: Vec::new(),
+        garbage: Vec::new(),
+    };
     for record in data.split(|&b| b == 0x1e) {
-        let Some((&kind, rest)) = record.split_first() else { continue };
+        let Some((&kind, rest)) = record.split_first() else {
+            continue;
+        };
         let raw: Vec<&[u8]> = rest.split(|&b| b == 0x1f).collect();
-        let f: Vec<String> = raw.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+        let f: Vec<String> = raw
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
         let text = |i: usize| f.get(i).cloned().unwrap_or_default();
-        let num = |i: usize| f.get(i).and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+        let num = |i: usize| {
+            f.get(i)
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         let flag = |i: usize, c: char| f.get(i).is_some_and(|s| s.contains(c));
         input.pieces.push(match kind {
-            b'D' => Piece::Raw { event: None, id: None, data: text(0) },
-            b'E' => Piece::Raw { event: Some(text(0)), id: None, data: text(1) },
-            b'I' => Piece::Raw { event: None, id: Some(text(0)), data: text(1) },
-            b'F' => Piece::Raw { event: Some(text(0)), id: Some(text(1)), data: text(2) },
+            b'D' => Piece::Raw {
+                event: None,
+                id: None,
+                data: text(0),
+            },
+            b'E' => Piece::Raw {
+                event: Some(text(0)),
+                id: None,
+                data: text(1),
+            },
+            b'I' => Piece::Raw {
+                event: None,
+                id: Some(text(0)),
+                data: text(1),
+            },
+            b'F' => Piece::Raw {
+                event: Some(text(0)),
+                id: Some(text(1)),
+                data: text(2),
+            },
             b'C' => Piece::Comment(text(0)),
             b'R' => Piece::Retry(num(0)),
             b'M' => Piece::Message {
@@ -108,7 +137,9 @@ fn parse_input(data: &[u8]) -> Input {
 }
 
 fn single_line(s: &str) -> String {
-    s.chars().filter(|c| !matches!(c, '\r' | '\n' | '\0')).collect()
+    s.chars()
+        .filter(|c| !matches!(c, '\r' | '\n' | '\0'))
+        .collect()
 }
 
 fn room(s: &str) -> RoomName {
@@ -137,7 +168,9 @@ fn feed_chunked(bytes: &[u8], chunks: &[u8]) -> Vec<Item> {
     let mut at = 0;
     let mut i = 0;
     while at < bytes.len() {
-        let n = chunks.get(i % chunks.len().max(1)).map_or(bytes.len(), |&c| usize::from(c).max(1));
+        let n = chunks
+            .get(i % chunks.len().max(1))
+            .map_or(bytes.len(), |&c| usize::from(c).max(1));
         let end = (at + n).min(bytes.len());
         p.feed_into(&bytes[at..end], &mut out);
         at = end;
@@ -181,7 +214,14 @@ fuzz_target!(|data: &[u8]| {
                 bytes.extend_from_slice(&sse::retry(*ms));
                 want.push(Want::Exact(Item::Retry(*ms)));
             }
-            Piece::Message { id, room: r, name: n, text, me, text_format } => {
+            Piece::Message {
+                id,
+                room: r,
+                name: n,
+                text,
+                me,
+                text_format,
+            } => {
                 let m = Message {
                     id: EventId(*id),
                     room: room(r),
@@ -190,7 +230,11 @@ fuzz_target!(|data: &[u8]| {
                     ts: 1_700_000_000_000,
                     sender: ClientId(7),
                 };
-                let format = if *text_format { Format::Text } else { Format::Json };
+                let format = if *text_format {
+                    Format::Text
+                } else {
+                    Format::Json
+                };
                 bytes.extend_from_slice(&m.frame(format, *me));
                 last_id = id.to_string();
                 if *text_format {
@@ -213,19 +257,41 @@ fuzz_target!(|data: &[u8]| {
                     });
                 }
             }
-            Piece::Hello { room: r, name: n, online, client } => {
+            Piece::Hello {
+                room: r,
+                name: n,
+                online,
+                client,
+            } => {
                 let (r, n) = (room(r), name(n));
                 bytes.extend_from_slice(&hello_frame(&r, &n, *online, client.as_deref()));
-                let mut value = serde_json::json!({"room": r.as_str(), "name": n.as_str(), "online": online});
+                let mut value =
+                    serde_json::json!({"room": r.as_str(), "name": n.as_str(), "online": online});
                 if let Some(c) = client {
                     value["client"] = c.as_str().into();
                 }
-                want.push(Want::Json { event: "hello", id: last_id.clone(), has_id: false, value });
+                want.push(Want::Json {
+                    event: "hello",
+                    id: last_id.clone(),
+                    has_id: false,
+                    value,
+                });
             }
-            Piece::Presence { join, name: n, online, text_format } => {
+            Piece::Presence {
+                join,
+                name: n,
+                online,
+                text_format,
+            } => {
                 let n = name(n);
-                let kind = if *join { PresenceKind::Join } else { PresenceKind::Leave };
-                let Event::Presence { json, text, .. } = Event::presence(kind, &n, *online, ClientId(1)) else {
+                let kind = if *join {
+                    PresenceKind::Join
+                } else {
+                    PresenceKind::Leave
+                };
+                let Event::Presence { json, text, .. } =
+                    Event::presence(kind, &n, *online, ClientId(1))
+                else {
                     unreachable!("presence() makes a presence event")
                 };
                 let event = if *join { "join" } else { "leave" };
@@ -254,16 +320,28 @@ fuzz_target!(|data: &[u8]| {
     let whole = Parser::new().feed(&bytes);
     let chunked = feed_chunked(&bytes, &input.chunks);
     assert_eq!(whole, chunked, "the chunking changed what was parsed");
-    assert_eq!(whole.len(), want.len(), "events were split, merged or forged: {whole:#?}");
+    assert_eq!(
+        whole.len(),
+        want.len(),
+        "events were split, merged or forged: {whole:#?}"
+    );
     for (got, want) in whole.iter().zip(&want) {
         match want {
             Want::Exact(item) => assert_eq!(got, item),
-            Want::Json { event, id, has_id, value } => {
-                let Item::Event(e) = got else { panic!("expected an event, got {got:?}") };
+            Want::Json {
+                event,
+                id,
+                has_id,
+                value,
+            } => {
+                let Item::Event(e) = got else {
+                    panic!("expected an event, got {got:?}")
+                };
                 assert_eq!(&e.event, event);
                 assert_eq!(&e.last_event_id, id);
                 assert_eq!(e.has_id, *has_id);
-                let v: serde_json::Value = serde_json::from_str(&e.data).expect("event data is JSON");
+                let v: serde_json::Value =
+                    serde_json::from_str(&e.data).expect("event data is JSON");
                 assert_eq!(&v, value);
                 assert!(!e.data.contains('\n'), "JSON events are one line");
             }

@@ -41,11 +41,22 @@ enum After {
 #[derive(Debug)]
 enum Op {
     Append(Vec<Msg>),
-    After { room: u8, after: After, limit: usize },
-    Latest { room: u8, limit: usize },
-    LastId { room: u8 },
+    After {
+        room: u8,
+        after: After,
+        limit: usize,
+    },
+    Latest {
+        room: u8,
+        limit: usize,
+    },
+    LastId {
+        room: u8,
+    },
     Rooms,
-    Prune { keep: u8 },
+    Prune {
+        keep: u8,
+    },
 }
 
 /// The input format: records separated by 0x1E, each a kind byte and
@@ -60,18 +71,27 @@ fn parse_ops(data: &[u8]) -> Vec<Op> {
     let mut ops = Vec::new();
     let mut batch = Vec::new();
     for record in data.split(|&b| b == 0x1e) {
-        let Some((&kind, rest)) = record.split_first() else { continue };
+        let Some((&kind, rest)) = record.split_first() else {
+            continue;
+        };
         let f: Vec<String> = rest
             .split(|&b| b == 0x1f)
             .map(|b| String::from_utf8_lossy(b).into_owned())
             .collect();
         let text = |i: usize| f.get(i).cloned().unwrap_or_default();
-        let small = |i: usize| f.get(i).and_then(|s| s.trim().parse::<u8>().ok()).unwrap_or(0);
+        let small = |i: usize| {
+            f.get(i)
+                .and_then(|s| s.trim().parse::<u8>().ok())
+                .unwrap_or(0)
+        };
         if kind == b'm' {
             batch.push(Msg {
                 room: small(0),
                 sender: small(1),
-                key: f.get(2).filter(|k| !k.is_empty()).map(|k| k.bytes().fold(0u8, |a, b| a.wrapping_add(b))),
+                key: f
+                    .get(2)
+                    .filter(|k| !k.is_empty())
+                    .map(|k| k.bytes().fold(0u8, |a, b| a.wrapping_add(b))),
                 text: text(3),
             });
             continue;
@@ -85,8 +105,15 @@ fn parse_ops(data: &[u8]) -> Vec<Op> {
             None => 10,
         };
         ops.push(match kind {
-            b'a' => Op::After { room: small(0), after: after(f.get(1).map_or("", |s| s.trim())), limit: limit(2) },
-            b'l' => Op::Latest { room: small(0), limit: limit(1) },
+            b'a' => Op::After {
+                room: small(0),
+                after: after(f.get(1).map_or("", |s| s.trim())),
+                limit: limit(2),
+            },
+            b'l' => Op::Latest {
+                room: small(0),
+                limit: limit(1),
+            },
             b'i' => Op::LastId { room: small(0) },
             b'r' => Op::Rooms,
             b'p' => Op::Prune { keep: small(0) },
@@ -105,7 +132,10 @@ fn after(s: &str) -> After {
     }
     if let Some(k) = s.strip_prefix('k') {
         let (n, d) = match k.find(['+', '-']) {
-            Some(i) => (&k[..i], k[i..].trim_start_matches('+').parse::<i8>().unwrap_or(0)),
+            Some(i) => (
+                &k[..i],
+                k[i..].trim_start_matches('+').parse::<i8>().unwrap_or(0),
+            ),
             None => (k, 0),
         };
         return After::Known(n.parse().unwrap_or(0), d);
@@ -133,7 +163,11 @@ const PREFIX: &str = "ssechat-fuzz-store-";
 /// left by earlier runs that are no longer alive are removed.
 fn sqlite_dir() -> PathBuf {
     let shm = PathBuf::from("/dev/shm");
-    let dir = if shm.is_dir() { shm } else { std::env::temp_dir() };
+    let dir = if shm.is_dir() {
+        shm
+    } else {
+        std::env::temp_dir()
+    };
     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let pid = name
@@ -194,13 +228,23 @@ impl Model<'_> {
             .unwrap_or_default()
     }
 
-    fn check_list(&self, what: &str, got: &[ssechat::chat::message::Message], want: &[&Kept], room: &RoomName) {
+    fn check_list(
+        &self,
+        what: &str,
+        got: &[ssechat::chat::message::Message],
+        want: &[&Kept],
+        room: &RoomName,
+    ) {
         let got_ids: Vec<u64> = got.iter().map(|m| m.id.0).collect();
         let want_ids: Vec<u64> = want.iter().map(|k| k.id.0).collect();
         assert_eq!(got_ids, want_ids, "{}: {what}", self.name);
         for (m, k) in got.iter().zip(want) {
             assert_eq!(m.text, k.text, "{}: {what}: text of {}", self.name, m.id);
-            assert_eq!(m.sender, k.sender, "{}: {what}: sender of {}", self.name, m.id);
+            assert_eq!(
+                m.sender, k.sender,
+                "{}: {what}: sender of {}",
+                self.name, m.id
+            );
             assert_eq!(&m.room, room, "{}: {what}: room of {}", self.name, m.id);
         }
     }
@@ -221,9 +265,18 @@ impl Model<'_> {
                         client_msg_id: m.key.map(|k| ClientMsgId::parse(&format!("k{k}")).unwrap()),
                     })
                     .collect();
-                let plain: Vec<&Msg> = msgs.iter().take(16).filter(|m| !m.text.is_empty()).collect();
+                let plain: Vec<&Msg> = msgs
+                    .iter()
+                    .take(16)
+                    .filter(|m| !m.text.is_empty())
+                    .collect();
                 let out = s.append(&batch, 1_700_000_000_000).expect("append");
-                assert_eq!(out.len(), batch.len(), "{}: one outcome per message", self.name);
+                assert_eq!(
+                    out.len(),
+                    batch.len(),
+                    "{}: one outcome per message",
+                    self.name
+                );
                 for (m, o) in plain.iter().zip(out) {
                     let key = m.key.map(|k| (m.sender % SENDERS, k));
                     let known = key.and_then(|k| self.keys.get(&k).copied());
@@ -231,18 +284,29 @@ impl Model<'_> {
                         Appended::New(stored) => {
                             if let Some((id, _)) = known {
                                 // Allowed only if the original is gone (pruned).
-                                let gone = self.rooms.values().flatten().any(|k| k.id == id && k.pruned);
+                                let gone = self
+                                    .rooms
+                                    .values()
+                                    .flatten()
+                                    .any(|k| k.id == id && k.pruned);
                                 assert!(gone, "{}: key {key:?} of id {id} stored twice", self.name);
                             }
                             if let Some(last) = self.ids.last() {
-                                assert!(stored.id > *last, "{}: id {} after {}", self.name, stored.id, last);
+                                assert!(
+                                    stored.id > *last,
+                                    "{}: id {} after {}",
+                                    self.name,
+                                    stored.id,
+                                    last
+                                );
                             }
                             assert_eq!(stored.text, m.text);
                             self.ids.push(stored.id);
+                            let sender = self.sender(m.sender);
                             self.rooms.entry(m.room % ROOMS).or_default().push(Kept {
                                 id: stored.id,
                                 text: m.text.clone(),
-                                sender: self.sender(m.sender),
+                                sender,
                                 pruned: false,
                             });
                             if let Some(k) = key {
@@ -250,9 +314,14 @@ impl Model<'_> {
                             }
                         }
                         Appended::Duplicate { id, room } => {
-                            let (want_id, want_room) =
-                                known.unwrap_or_else(|| panic!("{}: duplicate of an unknown key {key:?}", self.name));
-                            assert_eq!(id, want_id, "{}: duplicate gives the original id", self.name);
+                            let (want_id, want_room) = known.unwrap_or_else(|| {
+                                panic!("{}: duplicate of an unknown key {key:?}", self.name)
+                            });
+                            assert_eq!(
+                                id, want_id,
+                                "{}: duplicate gives the original id",
+                                self.name
+                            );
                             assert_eq!(room, self.room(want_room), "{}: and its room", self.name);
                         }
                     }
@@ -279,7 +348,12 @@ impl Model<'_> {
             }
             Op::LastId { room } => {
                 let got = s.last_id(&self.room(*room)).expect("last_id");
-                assert_eq!(got, self.kept(*room).last().map(|k| k.id), "{}: last_id", self.name);
+                assert_eq!(
+                    got,
+                    self.kept(*room).last().map(|k| k.id),
+                    "{}: last_id",
+                    self.name
+                );
             }
             Op::Rooms => {
                 let got: Vec<String> = s
