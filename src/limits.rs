@@ -55,15 +55,21 @@ struct Bucket {
     at: Instant,
 }
 
-/// Refusals, with what the client should be told.
-#[derive(Debug, PartialEq, Eq)]
+/// Refusals, each with the one thing the client is told (the HTTP layer
+/// adds the status and the metric label, see `http::error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
     /// Over the POST rate: retry after this many seconds.
-    Rate {
-        retry_after: u64,
-    },
+    #[error("too many messages: slow down and retry in {retry_after} s")]
+    Rate { retry_after: u64 },
+    /// Typing notices: at most one every 2 s per client.
+    #[error("typing notices: at most one every 2 s per client; retry in {retry_after} s")]
+    Typing { retry_after: u64 },
+    #[error("the server has too many open streams; retry later")]
     TooManyStreams,
+    #[error("too many open streams from your address; close some and retry")]
     TooManyStreamsFromIp,
+    #[error("too many long-polls waiting; retry later")]
     TooManyLongPolls,
 }
 

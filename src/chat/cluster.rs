@@ -13,9 +13,9 @@
 use std::sync::Arc;
 
 use super::history::History;
-use super::hub::{ClusterPresence, Hub};
-use super::message::{Event, Message, PresenceKind};
-use super::types::{ClientId, DisplayName, EventId, RoomName};
+use super::hub::{ClusterPresence, Hub, PresenceBatch};
+use super::message::Message;
+use super::types::{DisplayName, EventId, RoomName};
 
 /// Cluster-wide presence and health. Presence calls (from
 /// [`ClusterPresence`]) must not block: they queue work and return. The
@@ -24,6 +24,10 @@ pub trait Cluster: ClusterPresence + Send + Sync + 'static {
     /// Distinct clients online in `room` across the cluster, or `None` if
     /// the cluster does not answer (the chat then uses this node's count).
     fn online(&self, room: &RoomName) -> Option<usize>;
+
+    /// The count and up to `limit` names, sorted (a sample when there are
+    /// more), or `None` if the cluster does not answer.
+    fn online_names(&self, room: &RoomName, limit: usize) -> Option<(usize, Vec<DisplayName>)>;
 
     /// Whether this node hears the cluster (its subscription is up).
     fn is_healthy(&self) -> bool;
@@ -53,17 +57,11 @@ impl Inbox {
         self.hub.publish(messages);
     }
 
-    /// A join or leave the cluster counted, to the room's streams here.
-    pub fn presence(
-        &self,
-        room: &RoomName,
-        kind: PresenceKind,
-        name: &DisplayName,
-        online: usize,
-        about: ClientId,
-    ) {
-        self.hub
-            .broadcast(room, Event::presence(kind, name, online, about));
+    /// A room's presence changes (and typing) as the cluster ordered
+    /// them, to the room's streams here: they wait in the room's gathering
+    /// window like local ones would.
+    pub fn presence(&self, batch: PresenceBatch) {
+        self.hub.cluster_batch(batch);
     }
 
     /// After this node stopped hearing the cluster for a while: delivers

@@ -12,6 +12,7 @@ pub(crate) mod fanout;
 pub mod history;
 pub(crate) mod hub;
 pub mod message;
+pub mod presence;
 pub mod subscriber;
 pub mod types;
 mod writer;
@@ -101,8 +102,9 @@ impl OpenStream {
 pub enum Newer {
     /// Messages are there already: answer at once.
     Now(Vec<Message>),
-    /// Nothing yet: wait with [`Waiting::until`].
-    Later(Waiting),
+    /// Nothing yet: wait with [`Waiting::until`] (boxed: a subscription
+    /// is much larger than a list).
+    Later(Box<Waiting>),
 }
 
 /// A long-poll watching its room for messages newer than it has.
@@ -227,6 +229,34 @@ impl Chat {
         }
     }
 
+    /// The online count and the first `limit` names (alphabetical): from
+    /// the cluster in cluster mode (a sorted sample of names), else this
+    /// node's; this node's if the cluster does not answer.
+    pub async fn online_names(&self, room: &RoomName, limit: usize) -> (usize, Vec<DisplayName>) {
+        let local = self.hub.online_names(room, limit);
+        let Some(cluster) = self.cluster.clone() else {
+            return local;
+        };
+        let room = room.clone();
+        match tokio::task::spawn_blocking(move || cluster.online_names(&room, limit)).await {
+            Ok(Some(remote)) => remote,
+            _ => local,
+        }
+    }
+
+    /// A client is typing in a room: the room's other JSON streams hear of
+    /// it within a gathering window. At most one per client per 2 s (and a
+    /// few per address); refused with the seconds to wait.
+    pub fn typing(
+        &self,
+        room: &RoomName,
+        client: ClientId,
+        name: &DisplayName,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<(), hub::TypingTooOften> {
+        self.hub.typing(room, client, name, ip)
+    }
+
     /// Rooms worth listing: those with history and those with someone
     /// online on this node, each with its online count, busiest first.
     pub async fn room_list(&self) -> Result<Vec<(RoomName, usize)>, ChatError> {
@@ -258,12 +288,17 @@ impl Chat {
             .hub
             .open_stream(room, client, name)
             .map_err(|_| ChatError::ShuttingDown)?;
+        // Cluster mode: the hello waits for the cluster to count the join
+        // (within a gathering window); the stream then hears of every
+        // change after it, and not of its own join.
         let online = match sub.cluster_online.take() {
-            Some(rx) => tokio::time::timeout(CLUSTER_ONLINE_WAIT, rx)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(sub.online),
+            Some(rx) => match tokio::time::timeout(CLUSTER_ONLINE_WAIT, rx).await {
+                Ok(Ok(joined)) => {
+                    sub.seen = joined.tally;
+                    joined.online
+                }
+                _ => sub.online,
+            },
             None if self.cluster.is_some() => self.online(room).await,
             None => sub.online,
         };
@@ -308,13 +343,13 @@ impl Chat {
         if !found.is_empty() {
             return Ok(Newer::Now(found));
         }
-        Ok(Newer::Later(Waiting {
+        Ok(Newer::Later(Box::new(Waiting {
             chat: self.clone(),
             room: room.clone(),
             since,
             limit,
             sub,
-        }))
+        })))
     }
 
     /// Stores and broadcasts a message; returns once it is stored.

@@ -7,6 +7,7 @@ use warp::reply::Response;
 
 use crate::chat::types::Invalid;
 use crate::chat::ChatError;
+use crate::limits::Refused;
 use crate::metrics::{Metrics, Reason};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,18 +18,19 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("unsupported content type: send application/x-www-form-urlencoded, application/json or text/plain")]
     UnsupportedMediaType,
-    #[error("too many messages: slow down and retry in {retry_after} s")]
-    RateLimited { retry_after: u64 },
-    #[error("{0}")]
-    TooManyStreamsFromIp(String),
-    #[error("{0}")]
-    ServerFull(String),
+    /// A limit refused the request (rate, streams, long-polls).
+    #[error(transparent)]
+    Refused(#[from] Refused),
     #[error("cross-site request refused: this origin may not post to this chat")]
     ForbiddenOrigin,
     #[error("the server is shutting down; retry in a moment")]
     ShuttingDown,
     #[error("storage is unavailable right now; the message was not stored, retry later")]
     StorageUnavailable,
+    /// A fault of ours (a page that would not render): logged where it
+    /// happened, never detailed to the client.
+    #[error("internal error; please retry")]
+    Internal,
     #[error("not found")]
     NotFound,
     #[error("method not allowed")]
@@ -59,12 +61,13 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::RateLimited { .. } | ApiError::TooManyStreamsFromIp(_) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
-            ApiError::ServerFull(_) | ApiError::ShuttingDown | ApiError::StorageUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ApiError::Refused(
+                Refused::Rate { .. } | Refused::Typing { .. } | Refused::TooManyStreamsFromIp,
+            ) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Refused(Refused::TooManyStreams | Refused::TooManyLongPolls)
+            | ApiError::ShuttingDown
+            | ApiError::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::ForbiddenOrigin => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -76,12 +79,31 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::MethodNotAllowed => Reason::bad_request,
             ApiError::PayloadTooLarge(_) => Reason::body_too_large,
             ApiError::UnsupportedMediaType => Reason::unsupported_media_type,
-            ApiError::RateLimited { .. } => Reason::rate_limited,
-            ApiError::TooManyStreamsFromIp(_) | ApiError::ServerFull(_) => Reason::too_many_streams,
+            ApiError::Refused(Refused::Rate { .. } | Refused::Typing { .. }) => {
+                Reason::rate_limited
+            }
+            ApiError::Refused(Refused::TooManyStreams | Refused::TooManyStreamsFromIp) => {
+                Reason::too_many_streams
+            }
+            ApiError::Refused(Refused::TooManyLongPolls) => Reason::too_many_long_polls,
             ApiError::ForbiddenOrigin => Reason::forbidden_origin,
             ApiError::ShuttingDown => Reason::shutting_down,
             ApiError::StorageUnavailable => Reason::storage_unavailable,
+            ApiError::Internal => Reason::internal,
             ApiError::NotFound => Reason::not_found,
+        }
+    }
+
+    /// Seconds the client should wait before retrying, if it should.
+    fn retry_after(&self) -> Option<u64> {
+        match self {
+            ApiError::Refused(Refused::Rate { retry_after } | Refused::Typing { retry_after }) => {
+                Some((*retry_after).max(1))
+            }
+            ApiError::Refused(Refused::TooManyStreams | Refused::TooManyLongPolls)
+            | ApiError::ShuttingDown
+            | ApiError::StorageUnavailable => Some(1),
+            _ => None,
         }
     }
 
@@ -101,16 +123,68 @@ impl ApiError {
             HeaderValue::from_static("application/json"),
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        match self {
-            ApiError::RateLimited { retry_after } => {
-                h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
-            }
-            ApiError::ShuttingDown | ApiError::StorageUnavailable | ApiError::ServerFull(_) => {
-                h.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
-            }
-            ApiError::MethodNotAllowed => {}
-            _ => {}
+        if let Some(secs) = self.retry_after() {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_refusal_has_its_own_status_reason_and_retry_hint() {
+        let cases = [
+            (
+                Refused::Rate { retry_after: 3 },
+                429,
+                Reason::rate_limited,
+                Some(3),
+            ),
+            (
+                Refused::TooManyStreams,
+                503,
+                Reason::too_many_streams,
+                Some(1),
+            ),
+            (
+                Refused::TooManyStreamsFromIp,
+                429,
+                Reason::too_many_streams,
+                None,
+            ),
+            (
+                Refused::TooManyLongPolls,
+                503,
+                Reason::too_many_long_polls,
+                Some(1),
+            ),
+        ];
+        for (refused, status, reason, retry) in cases {
+            let e = ApiError::from(refused);
+            assert_eq!(e.status().as_u16(), status, "{refused:?}");
+            assert_eq!(e.reason(), reason, "{refused:?}");
+            assert_eq!(e.retry_after(), retry, "{refused:?}");
+            assert_eq!(e.to_string(), refused.to_string(), "the limit's own words");
+            let res = e.into_response();
+            assert_eq!(
+                res.headers().get(header::RETRY_AFTER).map(|v| v
+                    .to_str()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()),
+                retry
+            );
+        }
+    }
+
+    #[test]
+    fn a_fault_of_ours_is_not_blamed_on_storage() {
+        let e = ApiError::Internal;
+        assert_eq!(e.status().as_u16(), 500);
+        assert_eq!(e.reason(), Reason::internal);
+        assert!(!e.to_string().contains("storage"));
     }
 }

@@ -11,7 +11,6 @@ use super::form::Fields;
 use super::{identity, AppState, Ctx};
 use crate::chat::message::{self, Format};
 use crate::chat::types::{DisplayName, EventId, RoomName};
-use crate::limits::Refused;
 use crate::sse;
 
 pub async fn events(state: AppState, ctx: Ctx) -> Response {
@@ -71,15 +70,7 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
     if chat.is_shutting_down() {
         return Err(ApiError::ShuttingDown);
     }
-    let permit = state
-        .limits
-        .acquire_stream(ctx.peer.map(|p| p.ip()))
-        .map_err(|r| match r {
-            Refused::TooManyStreamsFromIp => ApiError::TooManyStreamsFromIp(
-                "too many open streams from your address; close some and retry".into(),
-            ),
-            _ => ApiError::ServerFull("the server has too many open streams; retry later".into()),
-        })?;
+    let permit = state.limits.acquire_stream(ctx.peer.map(|p| p.ip()))?;
 
     let client = who.token.id();
     let name = chat.name_for(client, name.as_ref());

@@ -16,7 +16,6 @@ use crate::chat::history::NewMessage;
 use crate::chat::message::MessageJson;
 use crate::chat::types::{ClientMsgId, DisplayName, Invalid, MessageText, RoomName};
 use crate::chat::{Accepted, Newer};
-use crate::limits::Refused;
 
 /// The fields of a POST, whatever the body's content type.
 #[derive(Debug, Default, Deserialize)]
@@ -28,13 +27,13 @@ struct PostFields {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum BodyKind {
+pub(super) enum BodyKind {
     Form,
     Json,
     Text,
 }
 
-fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
+pub(super) fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -55,7 +54,11 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
 
 /// Reads the body up to `limit` bytes (0 = no limit), whether or not it
 /// declares a `Content-Length`: a chunked body is cut off at the limit too.
-async fn read_body<S, B>(headers: &HeaderMap, body: S, limit: usize) -> Result<Bytes, ApiError>
+pub(super) async fn read_body<S, B>(
+    headers: &HeaderMap,
+    body: S,
+    limit: usize,
+) -> Result<Bytes, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
@@ -140,7 +143,7 @@ fn wants_html(headers: &HeaderMap) -> bool {
 /// sent to. Ports are not compared (cookies are not isolated by port
 /// either, and a reverse proxy on another port is the same site). Scripts
 /// send no `Origin` and are not affected.
-fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if get("sec-fetch-site") == Some("cross-site") {
         return Err(ApiError::ForbiddenOrigin);
@@ -219,13 +222,7 @@ where
     let who = identity::resolve(&ctx.headers, client_q.as_deref())?;
     let sender = who.token.id();
 
-    state
-        .limits
-        .check_post(sender, ctx.peer.map(|p| p.ip()))
-        .map_err(|r| match r {
-            Refused::Rate { retry_after } => ApiError::RateLimited { retry_after },
-            _ => unreachable!("check_post only refuses on rate"),
-        })?;
+    state.limits.check_post(sender, ctx.peer.map(|p| p.ip()))?;
 
     let name = state.chat.name_for(sender, name.as_ref());
     let chars = text.as_str().chars().count();
@@ -321,9 +318,7 @@ async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiErro
         match chat.newer(&room, since, limit).await? {
             Newer::Now(messages) => messages,
             Newer::Later(waiting) => {
-                let _permit = state.limits.acquire_long_poll().map_err(|_| {
-                    ApiError::ServerFull("too many long-polls waiting; retry later".into())
-                })?;
+                let _permit = state.limits.acquire_long_poll()?;
                 let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
                 state.metrics.long_polls.inc();
                 let found = waiting.until(deadline).await;

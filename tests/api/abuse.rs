@@ -58,6 +58,15 @@ async fn long_poll_cap_answers_503() {
     .await;
     assert_eq!(status, 503);
     assert!(msg.contains("long-polls"), "{msg}");
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert_eq!(
+        crate::helpers::metric_value(
+            &metrics,
+            "ssechat_requests_rejected_total{reason=\"too_many_long_polls\"}"
+        ),
+        1.0,
+        "counted as a long-poll refusal"
+    );
     app.send(None, "lp", "release").await;
     assert_eq!(waiting.await.unwrap(), 200);
 }

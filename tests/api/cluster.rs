@@ -14,7 +14,7 @@ use crate::helpers::{
 };
 
 /// A `redis-server` of our own; stopped on drop.
-struct Redis {
+pub struct Redis {
     child: Child,
     port: u16,
     dir: tempfile::TempDir,
@@ -23,7 +23,7 @@ struct Redis {
 
 impl Redis {
     /// `None` (after a loud SKIPPED) when redis-server is not installed.
-    fn start(persistent: bool) -> Option<Redis> {
+    pub fn start(persistent: bool) -> Option<Redis> {
         if Command::new("redis-server")
             .arg("--version")
             .output()
@@ -119,7 +119,7 @@ impl Drop for Redis {
     }
 }
 
-fn node(redis: &Redis, extra: &[&str]) -> BinApp {
+pub fn node(redis: &Redis, extra: &[&str]) -> BinApp {
     let url = redis.url();
     let mut args = vec![
         "--redis",

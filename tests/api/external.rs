@@ -94,8 +94,13 @@ fn own_group(cmd: &mut Command) -> &mut Command {
     cmd.process_group(0)
 }
 
-/// Waits (bounded) until `GET url` answers 2xx.
-pub async fn wait_http_ok(url: &str, child: &mut Child, what: &str) {
+/// Waits (bounded) until `GET url` answers 2xx: `Err` with the exit status
+/// if the child exited first (for a fixed port: it was taken).
+pub async fn wait_http_ok(
+    url: &str,
+    child: &mut Child,
+    what: &str,
+) -> Result<(), std::process::ExitStatus> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -104,11 +109,11 @@ pub async fn wait_http_ok(url: &str, child: &mut Child, what: &str) {
     loop {
         if let Ok(r) = http.get(url).send().await {
             if r.status().is_success() {
-                return;
+                return Ok(());
             }
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited before it was ready: {status}");
+            return Err(status);
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -134,6 +139,27 @@ pub struct FixedServer {
 impl FixedServer {
     /// Starts `ssechat --port PORT args…` and waits for `/healthz`.
     pub async fn start(port: u16, args: &[&str]) -> FixedServer {
+        match Self::try_start(port, args).await {
+            Ok(server) => server,
+            Err(log) => panic!("ssechat exited before it was ready on port {port}: {log:?}"),
+        }
+    }
+
+    /// [`FixedServer::start`] on the first of a few free ports that stays
+    /// free until the server binds it.
+    pub async fn start_on_a_free_port(args: &[&str]) -> FixedServer {
+        let mut last = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start(free_port(), args).await {
+                Ok(server) => return server,
+                Err(log) => last = log,
+            }
+        }
+        panic!("ssechat would not start on three free ports: {last:?}");
+    }
+
+    /// `Err` with its log if the server exited before it was ready.
+    async fn try_start(port: u16, args: &[&str]) -> Result<FixedServer, Vec<String>> {
         let mut child = crate::helpers::ssechat_command()
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--post-rate", "0", "--max-streams-per-ip", "0"])
@@ -153,13 +179,24 @@ impl FixedServer {
             sink.lock().unwrap().extend(buf.lines().map(str::to_owned));
         });
         let base = format!("http://127.0.0.1:{port}");
-        wait_http_ok(&format!("{base}/healthz"), &mut child, "ssechat").await;
-        FixedServer {
+        if wait_http_ok(&format!("{base}/healthz"), &mut child, "ssechat")
+            .await
+            .is_err()
+        {
+            // The reader thread has the whole log once the pipe closes.
+            let deadline = std::time::Instant::now() + START_WAIT;
+            while Arc::strong_count(&log) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let lines = log.lock().unwrap().clone();
+            return Err(lines);
+        }
+        Ok(FixedServer {
             child,
             port,
             base,
             log,
-        }
+        })
     }
 
     /// SIGKILL: the server vanishes without a goodbye.
