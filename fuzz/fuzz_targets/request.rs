@@ -277,7 +277,9 @@ fn build(segment: &[u8], seen: &Seen) -> Option<Request<StreamBody<Chunks>>> {
         .ok()
 }
 
-const ALLOWED: &[u16] = &[200, 201, 303, 304, 400, 403, 404, 405, 413, 415, 429, 503];
+const ALLOWED: &[u16] = &[
+    200, 201, 204, 303, 304, 400, 403, 404, 405, 413, 415, 429, 503,
+];
 
 fn json_body(bytes: &[u8], what: &str) -> serde_json::Value {
     serde_json::from_slice(bytes).unwrap_or_else(|e| {

@@ -8,7 +8,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ssechat::chat::message::{hello_frame, Event, Format, Message, PresenceKind};
+use ssechat::chat::message::{
+    hello_frame, presence_frames, Change, Format, Message, PresenceKind, Tally,
+};
 use ssechat::chat::types::{ClientId, DisplayName, EventId, RoomName};
 use ssechat::sse::{self, Frame, Item, ParsedEvent, Parser};
 
@@ -223,12 +225,12 @@ fuzz_target!(|data: &[u8]| {
                 text_format,
             } => {
                 let m = Message {
-                    id: EventId(*id),
+                    id: EventId::parse(&id.to_string()).expect("a u64 is an id"),
                     room: room(r),
                     name: name(n),
                     text: text.clone(),
                     ts: 1_700_000_000_000,
-                    sender: ClientId(7),
+                    sender: ClientId::random(),
                 };
                 let format = if *text_format {
                     Format::Text
@@ -289,11 +291,17 @@ fuzz_target!(|data: &[u8]| {
                 } else {
                     PresenceKind::Leave
                 };
-                let Event::Presence { json, text, .. } =
-                    Event::presence(kind, &n, *online, ClientId(1))
-                else {
-                    unreachable!("presence() makes a presence event")
+                let to = Tally {
+                    joined: u64::from(*join),
+                    left: u64::from(!*join),
                 };
+                let change = Change {
+                    kind,
+                    name: n.clone(),
+                    about: ClientId::random(),
+                };
+                let (json, text) = presence_frames(Tally::default(), to, &[change], *online)
+                    .expect("one change makes one event");
                 let event = if *join { "join" } else { "leave" };
                 if *text_format {
                     bytes.extend_from_slice(&text);

@@ -143,6 +143,15 @@ fn after(s: &str) -> After {
     After::Raw(s.parse().unwrap_or(u64::MAX))
 }
 
+/// Ids are opaque outside the crate: built and read through their text.
+fn eid(n: u64) -> EventId {
+    EventId::parse(&n.to_string()).expect("a u64 is an id")
+}
+
+fn num(id: EventId) -> u64 {
+    id.to_string().parse().expect("ids are decimal")
+}
+
 const ROOMS: u8 = 4;
 const SENDERS: u8 = 3;
 /// Inputs per SQLite file before it is replaced (keeps it small and fast).
@@ -206,18 +215,18 @@ impl Model<'_> {
     }
 
     fn sender(&self, s: u8) -> ClientId {
-        ClientId(self.salt | u128::from(s % SENDERS))
+        ClientId::from_hex(&format!("{:032x}", self.salt | u128::from(s % SENDERS)))
     }
 
     fn after_id(&self, a: &After) -> Option<EventId> {
         match a {
             After::None => None,
             After::Known(i, d) if !self.ids.is_empty() => {
-                let id = self.ids[*i as usize % self.ids.len()].0;
-                Some(EventId(id.saturating_add_signed(i64::from(*d))))
+                let id = num(self.ids[*i as usize % self.ids.len()]);
+                Some(eid(id.saturating_add_signed(i64::from(*d))))
             }
-            After::Known(_, d) => Some(EventId(u64::from(d.unsigned_abs()))),
-            After::Raw(n) => Some(EventId(*n)),
+            After::Known(_, d) => Some(eid(u64::from(d.unsigned_abs()))),
+            After::Raw(n) => Some(eid(*n)),
         }
     }
 
@@ -235,8 +244,8 @@ impl Model<'_> {
         want: &[&Kept],
         room: &RoomName,
     ) {
-        let got_ids: Vec<u64> = got.iter().map(|m| m.id.0).collect();
-        let want_ids: Vec<u64> = want.iter().map(|k| k.id.0).collect();
+        let got_ids: Vec<u64> = got.iter().map(|m| num(m.id)).collect();
+        let want_ids: Vec<u64> = want.iter().map(|k| num(k.id)).collect();
         assert_eq!(got_ids, want_ids, "{}: {what}", self.name);
         for (m, k) in got.iter().zip(want) {
             assert_eq!(m.text, k.text, "{}: {what}: text of {}", self.name, m.id);
