@@ -82,7 +82,7 @@ status=0
 # shellcheck disable=SC2086
 # Run from the temp dir: schemathesis keeps its example database in the
 # working directory.
-(cd "$WORK" && timeout --signal=INT $((MAX_TIME + 60)) python3 -m schemathesis.cli run "$WORK/openapi.yaml" \
+(cd "$WORK" && timeout --signal=INT $((MAX_TIME + 150)) python3 -m schemathesis.cli run "$WORK/openapi.yaml" \
     --url "http://127.0.0.1:$PORT" \
     --exclude-operation-id events \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,positive_data_acceptance \
