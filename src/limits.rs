@@ -62,9 +62,6 @@ pub enum Refused {
     /// Over the POST rate: retry after this many seconds.
     #[error("too many messages: slow down and retry in {retry_after} s")]
     Rate { retry_after: u64 },
-    /// Typing notices: at most one every 2 s per client.
-    #[error("typing notices: at most one every 2 s per client; retry in {retry_after} s")]
-    Typing { retry_after: u64 },
     #[error("the server has too many open streams; retry later")]
     TooManyStreams,
     #[error("too many open streams from your address; close some and retry")]

@@ -6,7 +6,7 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 
 use crate::chat::types::Invalid;
-use crate::chat::ChatError;
+use crate::chat::{ChatError, TypingTooOften};
 use crate::limits::Refused;
 use crate::metrics::{Metrics, Reason};
 
@@ -21,6 +21,9 @@ pub enum ApiError {
     /// A limit refused the request (rate, streams, long-polls).
     #[error(transparent)]
     Refused(#[from] Refused),
+    /// Typing notices come too often from this client or address.
+    #[error("typing notices: at most one every 2 s per client; retry later")]
+    TypingTooOften { retry_after: u64 },
     #[error("cross-site request refused: this origin may not post to this chat")]
     ForbiddenOrigin,
     #[error("the server is shutting down; retry in a moment")]
@@ -43,6 +46,12 @@ impl From<Invalid> for ApiError {
     }
 }
 
+impl From<TypingTooOften> for ApiError {
+    fn from(TypingTooOften(retry_after): TypingTooOften) -> Self {
+        ApiError::TypingTooOften { retry_after }
+    }
+}
+
 impl From<ChatError> for ApiError {
     fn from(e: ChatError) -> Self {
         match e {
@@ -61,9 +70,8 @@ impl ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Refused(
-                Refused::Rate { .. } | Refused::Typing { .. } | Refused::TooManyStreamsFromIp,
-            ) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Refused(Refused::Rate { .. } | Refused::TooManyStreamsFromIp)
+            | ApiError::TypingTooOften { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Refused(Refused::TooManyStreams | Refused::TooManyLongPolls)
             | ApiError::ShuttingDown
             | ApiError::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -79,7 +87,7 @@ impl ApiError {
             ApiError::BadRequest(_) | ApiError::MethodNotAllowed => Reason::bad_request,
             ApiError::PayloadTooLarge(_) => Reason::body_too_large,
             ApiError::UnsupportedMediaType => Reason::unsupported_media_type,
-            ApiError::Refused(Refused::Rate { .. } | Refused::Typing { .. }) => {
+            ApiError::Refused(Refused::Rate { .. }) | ApiError::TypingTooOften { .. } => {
                 Reason::rate_limited
             }
             ApiError::Refused(Refused::TooManyStreams | Refused::TooManyStreamsFromIp) => {
@@ -97,9 +105,8 @@ impl ApiError {
     /// Seconds the client should wait before retrying, if it should.
     fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::Refused(Refused::Rate { retry_after } | Refused::Typing { retry_after }) => {
-                Some((*retry_after).max(1))
-            }
+            ApiError::Refused(Refused::Rate { retry_after })
+            | ApiError::TypingTooOften { retry_after } => Some((*retry_after).max(1)),
             ApiError::Refused(Refused::TooManyStreams | Refused::TooManyLongPolls)
             | ApiError::ShuttingDown
             | ApiError::StorageUnavailable => Some(1),

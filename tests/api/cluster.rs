@@ -425,3 +425,47 @@ async fn a_long_poll_on_one_node_is_released_by_a_post_on_another() {
     assert_eq!(v["messages"][0]["text"], "second");
     assert_eq!(v["last_id"], second["id"]);
 }
+
+#[tokio::test]
+async fn a_node_that_cannot_bind_leaves_nothing_behind() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let url = redis.url();
+    let mut config = crate::helpers::test_config(&["--redis", &url]);
+    config.port = port.parse().unwrap();
+    let err = match ssechat::startup::Application::build(config).await {
+        Ok(_) => panic!("the port is taken: the start must fail"),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("cannot listen"), "{err}");
+    // The node had registered and subscribed; failing, it stopped what it
+    // started and left the cluster: no heartbeat entry and no subscriber.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_connection_with_timeout(WAIT).unwrap();
+    let nodes: usize = redis::cmd("ZCARD")
+        .arg("ssechat:nodes")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(nodes, 0, "the node left the cluster");
+    // Redis notices the closed subscription when it reads its end: wait
+    // (bounded) for that.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let numsub: Vec<redis::Value> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("ssechat:events")
+            .query(&mut conn)
+            .unwrap();
+        if numsub.get(1) == Some(&redis::Value::Int(0)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "its subscriber stopped: {numsub:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

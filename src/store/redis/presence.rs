@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{now_ms, Conn};
 use crate::chat::cluster::Cluster;
+use crate::chat::cluster::{ClusterPresence, Joined, PRESENCE_GATHER};
 use crate::chat::history::HistoryResult;
-use crate::chat::hub::{ClusterPresence, Joined, PRESENCE_GATHER};
 use crate::chat::message::Tally;
 use crate::chat::types::{ClientId, DisplayName, RoomName};
 
