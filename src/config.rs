@@ -4,6 +4,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use ipnet::IpNet;
 
 use crate::store::sqlite::Durability;
 
@@ -104,6 +105,28 @@ pub struct Config {
     /// Milliseconds browsers wait before reconnecting (the SSE `retry:` hint).
     #[arg(long, env = "SSECHAT_RETRY_MS", default_value_t = 2000)]
     pub retry_ms: u64,
+
+    /// Seconds a request body may take to arrive once its head has (408
+    /// after). A client that sends a head and then stalls holds a
+    /// connection; this bounds how long.
+    #[arg(long, env = "SSECHAT_BODY_TIMEOUT", default_value_t = 30)]
+    pub body_timeout: u64,
+
+    /// Reverse proxies whose `X-Forwarded-For` / `Forwarded` and
+    /// `X-Forwarded-Proto` headers are believed, as CIDRs or addresses,
+    /// comma-separated (e.g. `127.0.0.1,10.0.0.0/8,fd00::/8`). Default:
+    /// none, so those headers are ignored and the peer is the client.
+    #[arg(long, env = "SSECHAT_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+/// A CIDR (`10.0.0.0/8`) or a single address (`127.0.0.1`, `::1`).
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or a CIDR like 10.0.0.0/8"))
 }
 
 impl Config {
@@ -115,5 +138,23 @@ impl Config {
     /// The database path, or `None` for the in-memory store.
     pub fn db_path(&self) -> Option<PathBuf> {
         (self.db != ":memory:").then(|| PathBuf::from(&self.db))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trusted_proxies_take_cidrs_and_addresses() {
+        let c = Config::parse_from([
+            "ssechat",
+            "--trusted-proxies",
+            "127.0.0.1, 10.1.2.3/8,fd00::/8",
+        ]);
+        let nets: Vec<String> = c.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["127.0.0.1/32", "10.0.0.0/8", "fd00::/8"]);
+        assert!(Config::defaults().trusted_proxies.is_empty());
+        assert!(Config::try_parse_from(["ssechat", "--trusted-proxies", "nginx"]).is_err());
     }
 }

@@ -5,7 +5,7 @@
 //! gone, shutdown, lag) gives its place back.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -34,6 +34,19 @@ struct Counts {
 
 /// How many times the per-client rate and burst an IP address gets.
 pub const IP_FACTOR: f64 = 4.0;
+
+/// What per-address limits key on: an IPv4 address, or the /64 of an IPv6
+/// one. An IPv6 host usually gets a whole /64 and may use any address in
+/// it, so per-address limits would otherwise be per whim.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
+    }
+}
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Key {
@@ -108,7 +121,10 @@ impl Limits {
                 b.tokens + now.duration_since(b.at).as_secs_f64() * rate * f < burst * f
             });
         }
-        let keys = [Some(Key::Client(client)), ip.map(Key::Ip)];
+        let keys = [
+            Some(Key::Client(client)),
+            ip.map(|ip| Key::Ip(address_key(ip))),
+        ];
         let mut wait: f64 = 0.0;
         for key in keys.iter().flatten() {
             let (rate, burst) = (
@@ -148,7 +164,7 @@ impl Limits {
         if self.max_streams > 0 && total > self.max_streams {
             return Err(Refused::TooManyStreams);
         }
-        if let Some(ip) = ip {
+        if let Some(ip) = ip.map(address_key) {
             let mut per_ip = self
                 .streams
                 .per_ip
@@ -246,6 +262,27 @@ mod tests {
         assert!(l
             .check_post(ClientId(500), Some("10.0.0.2".parse().unwrap()))
             .is_ok());
+    }
+
+    #[test]
+    fn ipv6_addresses_share_limits_per_64() {
+        let l = Limits::new(0.0, 1, 0, 1, 0);
+        let _a = l
+            .acquire_stream(Some("2001:db8:1:2::1".parse().unwrap()))
+            .unwrap();
+        assert_eq!(
+            l.acquire_stream(Some("2001:db8:1:2:ffff::9".parse().unwrap()))
+                .err(),
+            Some(Refused::TooManyStreamsFromIp),
+            "same /64"
+        );
+        assert!(l
+            .acquire_stream(Some("2001:db8:1:3::1".parse().unwrap()))
+            .is_ok());
+        assert_eq!(
+            address_key("::ffff:10.0.0.1".parse().unwrap()),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ use prometheus_client::registry::Registry;
 pub enum Reason {
     bad_request,
     body_too_large,
+    body_timeout,
     unsupported_media_type,
     rate_limited,
     too_many_streams,

@@ -204,7 +204,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_opened_after_staging_gets_the_next_message_not_the_staged_one() {
         let hub = Hub::new(16, Arc::new(Metrics::default()));
-        let (room, me) = (RoomName::lobby(), DisplayName::parse("me").unwrap());
+        let (room, me) = (RoomName::lobby(), DisplayName::parse("myself").unwrap());
         // Someone is in the room, so it exists; the writer stages (and
         // answers the POST) before the wake-up.
         let _other = hub.open_stream(&room, ClientId(9), &me).unwrap();
@@ -340,7 +340,7 @@ mod tests {
             .open_stream(
                 &RoomName::lobby(),
                 ClientId(1),
-                &DisplayName::parse("me").unwrap(),
+                &DisplayName::parse("myself").unwrap(),
             )
             .unwrap();
         // The client already has id 1 (say from replay).

@@ -13,6 +13,8 @@ use crate::metrics::{Metrics, Reason};
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    #[error("the request body did not arrive within {0} s")]
+    RequestTimeout(u64),
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
     #[error("unsupported content type: send application/x-www-form-urlencoded, application/json or text/plain")]
@@ -57,6 +59,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::RateLimited { .. } | ApiError::TooManyStreamsFromIp(_) => {
@@ -75,6 +78,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) | ApiError::MethodNotAllowed => Reason::bad_request,
             ApiError::PayloadTooLarge(_) => Reason::body_too_large,
+            ApiError::RequestTimeout(_) => Reason::body_timeout,
             ApiError::UnsupportedMediaType => Reason::unsupported_media_type,
             ApiError::RateLimited { .. } => Reason::rate_limited,
             ApiError::TooManyStreamsFromIp(_) | ApiError::ServerFull(_) => Reason::too_many_streams,
@@ -107,6 +111,10 @@ impl ApiError {
             }
             ApiError::ShuttingDown | ApiError::StorageUnavailable | ApiError::ServerFull(_) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+            }
+            // The rest of the body may still come: this connection is done.
+            ApiError::RequestTimeout(_) => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             ApiError::MethodNotAllowed => {}
             _ => {}

@@ -62,7 +62,9 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
     let name = q
         .take("name")?
         .map(|n| DisplayName::parse(&n))
-        .transpose()?;
+        .transpose()?
+        // A cross-site link to this stream must not rename whoever follows it.
+        .filter(|_| !identity::is_cross_site(&ctx.headers));
     let client_q = q.take("client")?;
     // The header wins over `since`: it is what a reconnecting browser knows.
     let since = last_event_id(&ctx)?.or(since);
@@ -75,7 +77,7 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
     }
     let permit = state
         .limits
-        .acquire_stream(ctx.peer.map(|p| p.ip()))
+        .acquire_stream(ctx.client)
         .map_err(|r| match r {
             Refused::TooManyStreamsFromIp => ApiError::TooManyStreamsFromIp(
                 "too many open streams from your address; close some and retry".into(),
@@ -139,10 +141,16 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if who.minted {
+        // It carries a new secret (cookie and hello): no cache may keep it.
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, no-store"),
+        );
         h.insert(header::SET_COOKIE, identity::set_cookie(&who.token));
+    } else {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
     Ok(res)
 }

@@ -2,10 +2,14 @@
 //! `ssechat_client` cookie (in that order), and the cookie to set when a
 //! browser has none.
 
+use std::net::IpAddr;
+
+use sha2::{Digest, Sha256};
 use warp::http::{header, HeaderMap, HeaderValue};
 
 use super::error::ApiError;
-use crate::chat::types::ClientToken;
+use crate::chat::types::{ClientId, ClientToken};
+use crate::limits::address_key;
 
 pub const COOKIE: &str = "ssechat_client";
 const HEADER: &str = "x-chat-client";
@@ -79,4 +83,24 @@ pub fn set_cookie(token: &ClientToken) -> HeaderValue {
         token.expose()
     ))
     .expect("tokens are URL-safe ASCII")
+}
+
+/// The sender a token-less request is stored as when it carries a
+/// `client_msg_id`: one per client address (an IPv6 /64), so a retry from
+/// the same place is recognised. No token hashes to it, so it is never
+/// anyone's `me`.
+pub fn anonymous_sender(ip: IpAddr) -> ClientId {
+    let digest = Sha256::digest(format!("ssechat anonymous sender at {}", address_key(ip)));
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&digest[..16]);
+    ClientId(u128::from_be_bytes(b))
+}
+
+/// A request made from another site (`Sec-Fetch-Site: cross-site`): a
+/// link or form elsewhere that the browser follows with our cookie. Such
+/// a `GET` must change nothing.
+pub fn is_cross_site(headers: &HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
 }

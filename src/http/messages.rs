@@ -93,16 +93,22 @@ where
 /// `client` from it).
 fn parse_fields(kind: BodyKind, body: &[u8], query: &mut Fields) -> Result<PostFields, ApiError> {
     match kind {
-        BodyKind::Form => {
-            let mut f = Fields::parse(body)?;
-            let text = f.take("text")?;
-            Ok(with_meta(text, &mut f)?)
-        }
-        BodyKind::Json => {
-            let s = std::str::from_utf8(body)
-                .map_err(|_| ApiError::BadRequest("invalid UTF-8 in JSON body".into()))?;
-            serde_json::from_str::<PostFields>(s)
-                .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+        BodyKind::Form | BodyKind::Json => {
+            let mut f = if kind == BodyKind::Form {
+                let mut f = Fields::parse(body)?;
+                let text = f.take("text")?;
+                with_meta(text, &mut f)?
+            } else {
+                let s = std::str::from_utf8(body)
+                    .map_err(|_| ApiError::BadRequest("invalid UTF-8 in JSON body".into()))?;
+                serde_json::from_str::<PostFields>(s)
+                    .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?
+            };
+            // Every endpoint takes `room` from the query too
+            // (`POST /chat/messages?room=R`); the body's wins.
+            let from_query = query.take("room")?;
+            f.room = f.room.or(from_query);
+            Ok(f)
         }
         BodyKind::Text => {
             let text = String::from_utf8(body.to_vec())
@@ -202,7 +208,15 @@ where
     }
     check_origin(&ctx.headers)?;
     let kind = body_kind(&ctx.headers)?;
-    let body = read_body(&ctx.headers, body, state.config.max_body_bytes).await?;
+    // The head came in time (hyper's timeout); the body must too, or a
+    // client could hold the connection for ever with a few bytes.
+    let body = read_body(&ctx.headers, body, state.config.max_body_bytes);
+    let body = match state.config.body_timeout {
+        0 => body.await?,
+        secs => tokio::time::timeout(Duration::from_secs(secs), body)
+            .await
+            .map_err(|_| ApiError::RequestTimeout(secs))??,
+    };
     let mut query = Fields::parse(ctx.query.as_bytes())?;
     let f = parse_fields(kind, &body, &mut query)?;
     let text = f
@@ -219,10 +233,17 @@ where
     let client_q = query.take("client")?;
     let who = identity::resolve(&ctx.headers, client_q.as_deref())?;
     let sender = who.token.id();
+    // The store keeps `client_msg_id` per sender. A request without a token
+    // is a new client each time, so a retried one would be stored twice:
+    // key it on its address instead.
+    let store_sender = match (&client_msg_id, who.minted, ctx.client) {
+        (Some(_), true, Some(ip)) => identity::anonymous_sender(ip),
+        _ => sender,
+    };
 
     state
         .limits
-        .check_post(sender, ctx.peer.map(|p| p.ip()))
+        .check_post(sender, ctx.client)
         .map_err(|r| match r {
             Refused::Rate { retry_after } => ApiError::RateLimited { retry_after },
             _ => unreachable!("check_post only refuses on rate"),
@@ -240,7 +261,7 @@ where
             room: room.clone(),
             name: name.clone(),
             text: text.into_string(),
-            sender,
+            sender: store_sender,
             client_msg_id,
         })
         .await?;
