@@ -148,7 +148,10 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-cache, no-store"),
         );
-        h.insert(header::SET_COOKIE, identity::set_cookie(&who.token));
+        h.insert(
+            header::SET_COOKIE,
+            identity::set_cookie(&who.token, ctx.https),
+        );
     } else {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }

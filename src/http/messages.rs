@@ -291,8 +291,10 @@ where
         )
     };
     if who.minted {
-        res.headers_mut()
-            .insert(header::SET_COOKIE, identity::set_cookie(&who.token));
+        res.headers_mut().insert(
+            header::SET_COOKIE,
+            identity::set_cookie(&who.token, ctx.https),
+        );
     }
     Ok(res)
 }

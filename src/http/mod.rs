@@ -47,8 +47,9 @@ pub struct Ctx {
     /// The client's address, through trusted proxies: what per-address
     /// limits key on.
     pub client: Option<IpAddr>,
-    /// A trusted proxy says the client reached it over HTTPS.
-    pub forwarded_https: bool,
+    /// The client reached us over HTTPS (so far: a trusted proxy says so
+    /// with `X-Forwarded-Proto`).
+    pub https: bool,
 }
 
 /// Builds each request's `Ctx`, resolving the client through `trusted`
@@ -62,7 +63,7 @@ fn ctx_with(trusted: Arc<[IpNet]>) -> impl Filter<Extract = (Ctx,), Error = Infa
             let client = peer.map(|p| client_addr::resolve(p.ip(), &headers, &trusted));
             Ctx {
                 client: client.map(|c| c.ip),
-                forwarded_https: client.is_some_and(|c| c.forwarded_https),
+                https: client.is_some_and(|c| c.forwarded_https),
                 headers,
                 query,
                 peer,

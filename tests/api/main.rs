@@ -8,6 +8,7 @@ mod cluster;
 mod durability;
 mod external;
 mod history;
+mod hostile;
 mod ops;
 mod pages;
 mod sending;
