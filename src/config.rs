@@ -88,6 +88,18 @@ pub struct Config {
     #[arg(long, env = "SSECHAT_MAX_LONG_POLLS", default_value_t = 5000)]
     pub max_long_polls: usize,
 
+    /// Long-polls waiting at once per client IP address (429 above), so one
+    /// address cannot take every place.
+    #[arg(long, env = "SSECHAT_MAX_LONG_POLLS_PER_IP", default_value_t = 256)]
+    pub max_long_polls_per_ip: usize,
+
+    /// Open connections per client IP address (IPv6: per /64). Beyond it a
+    /// new connection is closed at once, so one address cannot use up the
+    /// server's file descriptors. Trusted proxies (--trusted-proxies) are
+    /// not capped.
+    #[arg(long, env = "SSECHAT_MAX_CONNECTIONS_PER_IP", default_value_t = 512)]
+    pub max_connections_per_ip: usize,
+
     /// Events a stream may fall behind before it is disconnected (it then
     /// catches up by reconnecting with Last-Event-ID).
     #[arg(long, env = "SSECHAT_STREAM_BUFFER", default_value_t = 256)]

@@ -25,6 +25,12 @@ pub enum ApiError {
     TooManyStreamsFromIp(String),
     #[error("{0}")]
     ServerFull(String),
+    #[error("too many long-polls waiting from your address; retry later")]
+    TooManyLongPollsFromIp,
+    #[error("too many history reads in flight from your address; read the answers, then retry")]
+    TooManyReadsFromIp,
+    #[error("too many streams opened from your address: slow down and retry in {retry_after} s")]
+    OpeningTooFast { retry_after: u64 },
     #[error("cross-site request refused: this origin may not post to this chat")]
     ForbiddenOrigin,
     #[error("the server is shutting down; retry in a moment")]
@@ -62,9 +68,11 @@ impl ApiError {
             ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::RateLimited { .. } | ApiError::TooManyStreamsFromIp(_) => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::RateLimited { .. }
+            | ApiError::TooManyStreamsFromIp(_)
+            | ApiError::TooManyLongPollsFromIp
+            | ApiError::TooManyReadsFromIp
+            | ApiError::OpeningTooFast { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ServerFull(_) | ApiError::ShuttingDown | ApiError::StorageUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -80,7 +88,9 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => Reason::body_too_large,
             ApiError::RequestTimeout(_) => Reason::body_timeout,
             ApiError::UnsupportedMediaType => Reason::unsupported_media_type,
-            ApiError::RateLimited { .. } => Reason::rate_limited,
+            ApiError::RateLimited { .. } | ApiError::OpeningTooFast { .. } => Reason::rate_limited,
+            ApiError::TooManyLongPollsFromIp => Reason::too_many_long_polls,
+            ApiError::TooManyReadsFromIp => Reason::too_many_reads,
             ApiError::TooManyStreamsFromIp(_) | ApiError::ServerFull(_) => Reason::too_many_streams,
             ApiError::ForbiddenOrigin => Reason::forbidden_origin,
             ApiError::ShuttingDown => Reason::shutting_down,
@@ -106,7 +116,7 @@ impl ApiError {
         );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
-            ApiError::RateLimited { retry_after } => {
+            ApiError::RateLimited { retry_after } | ApiError::OpeningTooFast { retry_after } => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
             }
             ApiError::ShuttingDown | ApiError::StorageUnavailable | ApiError::ServerFull(_) => {

@@ -75,6 +75,15 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
     if hub.is_shutting_down() {
         return Err(ApiError::ShuttingDown);
     }
+    // Every open reads history and counts a presence: rate-limited per
+    // address, like posting.
+    state
+        .limits
+        .check_stream_open(ctx.client)
+        .map_err(|r| match r {
+            Refused::Rate { retry_after } => ApiError::OpeningTooFast { retry_after },
+            _ => unreachable!("check_stream_open only refuses on rate"),
+        })?;
     let permit = state
         .limits
         .acquire_stream(ctx.client)

@@ -17,7 +17,9 @@ use crate::chat::message::{messages_after, Event, MessageJson};
 use crate::chat::types::{ClientMsgId, DisplayName, Invalid, MessageText, RoomName};
 use crate::chat::writer::Accepted;
 use crate::limits::Refused;
+use crate::metrics::Held;
 use crate::store::NewMessage;
+use warp::Reply;
 
 /// The fields of a POST, whatever the body's content type.
 #[derive(Debug, Default, Deserialize)]
@@ -356,11 +358,16 @@ async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiErro
         let mut sub = chat.hub.watch(&room).map_err(|_| ApiError::ShuttingDown)?;
         let messages = fetch().await?;
         if messages.is_empty() {
-            let _permit = state.limits.acquire_long_poll().map_err(|_| {
-                ApiError::ServerFull("too many long-polls waiting; retry later".into())
-            })?;
-            let metrics = chat.hub.metrics();
-            metrics.long_polls.inc();
+            // Both given back however this ends, the client hanging up
+            // (this future dropped mid-wait) included.
+            let _permit = state
+                .limits
+                .acquire_long_poll(ctx.client)
+                .map_err(|r| match r {
+                    Refused::TooManyLongPollsFromIp => ApiError::TooManyLongPollsFromIp,
+                    _ => ApiError::ServerFull("too many long-polls waiting; retry later".into()),
+                })?;
+            let _waiting = Held::new(&chat.hub.metrics().long_polls);
             let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
             let woke = loop {
                 match tokio::time::timeout_at(deadline, sub.rx.recv()).await {
@@ -378,7 +385,6 @@ async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiErro
                     Ok(Err(RecvError::Closed)) => break false,
                 }
             };
-            metrics.long_polls.dec();
             if woke {
                 fetch().await?
             } else {
@@ -398,6 +404,12 @@ async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiErro
         },
     };
     messages.truncate(limit);
+    // Up to 500 messages wait in memory for a client that may not read
+    // them: an address may have only so many such answers in flight.
+    let permit = state
+        .limits
+        .acquire_read(ctx.client)
+        .map_err(|_| ApiError::TooManyReadsFromIp)?;
     let body = History {
         room: &room,
         messages: messages
@@ -406,7 +418,33 @@ async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiErro
             .collect(),
         last_id: last_id.map(|id| id.to_string()),
     };
-    Ok(json_response(StatusCode::OK, &body))
+    Ok(held_json(&body, permit))
+}
+
+/// A JSON answer whose body holds `guard` until it has been written (or
+/// the client is gone). The body goes out in pieces: hyper asks for the
+/// next one only when the socket took the last, so the guard stays held
+/// while a client that does not read keeps the answer waiting.
+fn held_json<T: Serialize>(body: &T, guard: impl Send + Sync + 'static) -> Response {
+    const PIECE: usize = 16 * 1024;
+    let bytes = Bytes::from(serde_json::to_vec(body).expect("history serialises"));
+    let pieces: Vec<Bytes> = (0..bytes.len())
+        .step_by(PIECE)
+        .map(|at| bytes.slice(at..bytes.len().min(at + PIECE)))
+        .collect();
+    let stream = futures_util::stream::iter(pieces).map(move |piece| {
+        let _held = &guard;
+        Ok::<_, std::convert::Infallible>(piece)
+    });
+    let mut res = warp::reply::stream(stream).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    res
 }
 
 #[cfg(test)]

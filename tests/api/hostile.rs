@@ -295,3 +295,143 @@ async fn messages_total_counts_a_message_before_its_post_is_answered() {
         assert_eq!(metric_value(&text, "ssechat_messages_total"), f64::from(n));
     }
 }
+
+#[tokio::test]
+async fn one_address_holding_its_connections_does_not_lock_out_another() {
+    let app = spawn_app_with(&["--max-connections-per-ip", "4"]).await;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        held.push(connect_from(app.addr, "127.0.0.3").await);
+    }
+    // Each is served (a request on the last one still gets its answer).
+    let last = held.last_mut().unwrap();
+    last.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(WAIT, last.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    // One more from the same address is closed at once, unanswered.
+    let mut over = connect_from(app.addr, "127.0.0.3").await;
+    let _ = over
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert_eq!(
+        read_to_close(&mut over).await,
+        "",
+        "closed without an answer"
+    );
+    // Another address is served meanwhile.
+    let res = client_from("127.0.0.2")
+        .get(app.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let metrics = app.get("/metrics").await.text().await.unwrap();
+    assert!(
+        metric_value(
+            &metrics,
+            "ssechat_requests_rejected_total{reason=\"too_many_connections\"}"
+        ) >= 1.0
+    );
+    // A closed connection gives its place back.
+    drop(held.pop());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut again = connect_from(app.addr, "127.0.0.3").await;
+        again
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        if read_to_close(&mut again).await.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the place never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_long_poll_whose_client_hangs_up_gives_back_its_place_and_gauge() {
+    let app = spawn_app_with(&["--max-long-polls", "1"]).await;
+    let first = app.send(None, "lp", "x").await;
+    let path = format!("/chat/messages?room=lp&since={first}&wait=30");
+    let mut s = TcpStream::connect(app.addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    crate::helpers::wait_metric(&app.base, "ssechat_long_polls", 1.0).await;
+    drop(s);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = app.get("/metrics").await.text().await.unwrap();
+        if metric_value(&text, "ssechat_long_polls") == 0.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gauge still counts it:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Its place is free again: the next long-poll waits instead of a 503.
+    let res = app
+        .get(&format!("/chat/messages?room=lp&since={first}&wait=0.2"))
+        .await;
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn one_address_gets_a_share_of_long_polls() {
+    let app = spawn_app_with(&["--max-long-polls-per-ip", "1"]).await;
+    let first = app.send(None, "lp", "x").await;
+    let url = app.url(&format!("/chat/messages?room=lp&since={first}&wait=20"));
+    let waiting = {
+        let (http, url) = (client_from("127.0.0.3"), url.clone());
+        tokio::spawn(async move { http.get(url).send().await.unwrap().status() })
+    };
+    crate::helpers::wait_metric(&app.base, "ssechat_long_polls", 1.0).await;
+    let res = client_from("127.0.0.3").get(&url).send().await.unwrap();
+    let (status, error) = status_and_error(res).await;
+    assert_eq!(status, 429, "{error}");
+    assert!(error.contains("your address"), "{error}");
+    // Another address still gets its place.
+    let other = tokio::spawn({
+        let (http, url) = (client_from("127.0.0.2"), url.clone());
+        async move { http.get(url).send().await.unwrap().status() }
+    });
+    crate::helpers::wait_metric(&app.base, "ssechat_long_polls", 2.0).await;
+    app.send(None, "lp", "wake").await;
+    assert_eq!(waiting.await.unwrap(), 200);
+    assert_eq!(other.await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn opening_streams_is_rate_limited_per_address() {
+    let app = spawn_app_with(&["--post-rate", "1", "--post-burst", "2"]).await;
+    let mut opened = Vec::new();
+    let mut refused = None;
+    for _ in 0..20 {
+        let s = app.events("room=o").await;
+        if s.status != 200 {
+            refused = Some(s);
+            break;
+        }
+        opened.push(s);
+    }
+    assert_eq!(opened.len(), 8, "the address's burst: 2 x 4");
+    let refused = refused.expect("refused past the burst");
+    assert_eq!(refused.status, 429);
+    assert!(refused.headers.contains_key("retry-after"));
+    let other = events_at(
+        &client_from("127.0.0.2"),
+        &app.url("/chat/events?room=o"),
+        &[],
+    )
+    .await;
+    assert_eq!(other.status, 200, "another address has its own bucket");
+}
