@@ -1,12 +1,11 @@
 //! Command-line flags, each also an environment variable.
 
+use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
 use ipnet::IpNet;
-
-use crate::store::sqlite::Durability;
 
 /// ssechat: a chat server. Receive over Server-Sent Events
 /// (`GET /chat/events`), send with plain HTTP POST (`POST /chat/messages`).
@@ -25,8 +24,8 @@ pub struct Config {
 
     /// SQLite database file for history, or `:memory:` to keep history in
     /// memory only (lost on restart).
-    #[arg(long, env = "SSECHAT_DB", default_value = "./ssechat.db")]
-    pub db: String,
+    #[arg(long, env = "SSECHAT_DB", default_value = "./ssechat.db", value_parser = Database::parse)]
+    pub db: Database,
 
     /// How a SQLite commit waits for the disk: `full` (fsync per commit: an
     /// acknowledged message survives a power loss) or `normal` (no fsync per
@@ -141,15 +140,73 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("{s:?} is not an address or a CIDR like 10.0.0.0/8"))
 }
 
+/// Where history is kept (`--db`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// `:memory:`: in memory only, lost on restart.
+    Memory,
+    /// An SQLite file.
+    File(PathBuf),
+}
+
+impl Database {
+    /// The in-memory marker, as on the command line.
+    pub const MEMORY: &'static str = ":memory:";
+
+    fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "" => Err("the database path must not be empty (use :memory: for none)".into()),
+            Self::MEMORY => Ok(Database::Memory),
+            path => Ok(Database::File(PathBuf::from(path))),
+        }
+    }
+}
+
+impl fmt::Display for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Memory => f.write_str(Self::MEMORY),
+            Database::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// How hard a SQLite commit waits for the disk (`--db-sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// `synchronous=FULL`: a 201 survives a power loss or OS crash.
+    Full,
+    /// `synchronous=NORMAL`: a 201 survives the process being killed, but
+    /// the last commits may be lost if the machine itself goes down.
+    /// Lower latency (no fsync per commit).
+    Normal,
+}
+
+/// The command line with every environment variable unbound.
+fn command_without_env() -> clap::Command {
+    let mut cmd = <Config as clap::CommandFactory>::command();
+    let ids: Vec<clap::Id> = cmd.get_arguments().map(|a| a.get_id().clone()).collect();
+    for id in ids {
+        cmd = cmd.mut_arg(id, |a| a.env(None::<&str>));
+    }
+    cmd
+}
+
 impl Config {
-    /// Defaults, as if started with no flags and no environment.
-    pub fn defaults() -> Self {
-        Config::parse_from(["ssechat"])
+    /// Parses flags only: the environment is not read. For tests and tools
+    /// that must not depend on what the caller has exported.
+    pub fn from_flags<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches = command_without_env().try_get_matches_from(args)?;
+        <Config as clap::FromArgMatches>::from_arg_matches(&matches)
     }
 
-    /// The database path, or `None` for the in-memory store.
-    pub fn db_path(&self) -> Option<PathBuf> {
-        (self.db != ":memory:").then(|| PathBuf::from(&self.db))
+    /// Defaults, as if started with no flags and no environment.
+    pub fn defaults() -> Self {
+        Config::from_flags(["ssechat"]).expect("the defaults parse")
     }
 }
 
@@ -158,15 +215,47 @@ mod tests {
     use super::*;
 
     #[test]
+    fn database_is_memory_or_a_file() {
+        let c = Config::from_flags(["ssechat", "--db", ":memory:"]).unwrap();
+        assert_eq!(c.db, Database::Memory);
+        let c = Config::from_flags(["ssechat", "--db", "x/chat.db"]).unwrap();
+        assert_eq!(c.db, Database::File(PathBuf::from("x/chat.db")));
+        assert_eq!(c.db.to_string(), "x/chat.db");
+        assert!(Config::from_flags(["ssechat", "--db", ""]).is_err());
+    }
+
+    #[test]
+    fn from_flags_reads_no_environment_variable() {
+        let with_env = <Config as clap::CommandFactory>::command();
+        assert!(
+            with_env.get_arguments().any(|a| a.get_env().is_some()),
+            "the real command line reads the environment"
+        );
+        let unbound: Vec<_> = command_without_env()
+            .get_arguments()
+            .filter(|a| a.get_env().is_some())
+            .map(|a| a.get_id().to_string())
+            .collect();
+        assert!(
+            unbound.is_empty(),
+            "still bound to the environment: {unbound:?}"
+        );
+        let c = Config::defaults();
+        assert_eq!(c.db, Database::File(PathBuf::from("./ssechat.db")));
+        assert_eq!(c.redis, None);
+    }
+
+    #[test]
     fn trusted_proxies_take_cidrs_and_addresses() {
-        let c = Config::parse_from([
+        let c = Config::from_flags([
             "ssechat",
             "--trusted-proxies",
             "127.0.0.1, 10.1.2.3/8,fd00::/8",
-        ]);
+        ])
+        .unwrap();
         let nets: Vec<String> = c.trusted_proxies.iter().map(|n| n.to_string()).collect();
         assert_eq!(nets, ["127.0.0.1/32", "10.0.0.0/8", "fd00::/8"]);
         assert!(Config::defaults().trusted_proxies.is_empty());
-        assert!(Config::try_parse_from(["ssechat", "--trusted-proxies", "nginx"]).is_err());
+        assert!(Config::from_flags(["ssechat", "--trusted-proxies", "nginx"]).is_err());
     }
 }

@@ -4,18 +4,21 @@
 //! Map of the crate:
 //! - [`config`]: flags and environment variables (clap).
 //! - [`startup`]: `Application`: binds, wires, serves, shuts down.
-//! - [`chat`]: the domain, no HTTP: validated types, messages and their
-//!   pre-encoded frames, the live [`chat::hub::Hub`] (rooms, presence, and
-//!   each room's [`chat::fanout`] channel), the single writer, and the
-//!   per-stream subscriber.
-//! - [`store`]: history behind a narrow trait: memory, SQLite, and Redis
-//!   (cluster mode: history, ids, presence and fan-out between nodes).
+//! - [`chat`]: the domain, no HTTP and no storage: validated types,
+//!   messages and their pre-encoded frames, the live hub (rooms, presence,
+//!   fan-out; private), the single writer (private), and the two ports the
+//!   domain owns: [`chat::history::History`] and [`chat::cluster::Cluster`]
+//!   (with [`chat::cluster::Inbox`], where a cluster delivers). [`chat::Chat`]
+//!   is what the rest sees: open a stream, wait for newer messages, append.
+//! - [`store`]: adapters for the ports: memory, SQLite, and Redis (cluster
+//!   mode: history, presence and the subscriber loop, one module each).
+//!   Depends on `chat`; nothing in `chat` or `http` names it.
 //! - [`http`]: the warp layer: pages, messages (POST, history, long-poll),
 //!   events (SSE), identity, assets, ops, errors.
 //! - [`sse`]: the SSE encoder and an EventSource-rules parser.
 //! - [`limits`]: rate limits and connection caps.
 //! - [`stall`]: drops connections whose peer stopped reading.
-//! - [`metrics`]: Prometheus counters.
+//! - [`metrics`]: Prometheus counters, held by the application state.
 //! - [`telemetry`]: logging setup.
 
 #![forbid(unsafe_code)]

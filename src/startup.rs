@@ -17,17 +17,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
-use crate::chat::hub::Hub;
-use crate::chat::Chat;
-use crate::config::Config;
+use crate::chat::history::History;
+use crate::chat::{Chat, StartError};
+use crate::config::{Config, Database};
 use crate::http::{routes, AppState, PeerAddr};
 use crate::limits::{AcceptErrors, Limits};
 use crate::metrics::{Metrics, Reason};
 use crate::stall::StallTimeout;
 use crate::store::memory::MemoryStore;
-use crate::store::redis::{self, PresenceQueue, RedisStore};
+use crate::store::redis::{presence, subscriber, Redis, RedisCluster};
 use crate::store::sqlite::SqliteStore;
-use crate::store::Store;
 
 /// Per-connection kernel send buffer (Linux doubles it): plenty for chat
 /// events, small enough that thousands of stalled readers cost little.
@@ -48,6 +47,8 @@ pub enum StartupError {
     Store(String),
     #[error("{0}")]
     Config(String),
+    #[error(transparent)]
+    Chat(#[from] StartError),
 }
 
 pub struct Application {
@@ -56,10 +57,16 @@ pub struct Application {
     /// Ends background work (subscriber, heartbeat, keep-alive) and tells
     /// connections to finish.
     cancel: CancellationToken,
+    /// Every task the application starts, from `build` on: shutdown waits
+    /// for them all.
+    tracker: TaskTracker,
     state: AppState,
 }
 
 impl Application {
+    /// Starts the chat (history, writer, and in cluster mode the Redis
+    /// subscriber and heartbeat) and binds the listener. If any step fails,
+    /// what was started is stopped before the error is returned.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         if !(config.post_rate >= 0.0 && config.post_rate.is_finite()) {
             return Err(StartupError::Config(
@@ -67,57 +74,34 @@ impl Application {
             ));
         }
         let metrics = Arc::new(Metrics::default());
-        let hub = Hub::new(config.stream_buffer, metrics);
         let cancel = CancellationToken::new();
-        let chat = match &config.redis {
-            Some(url) => {
-                let (url, history, wait) = (url.clone(), config.history, config.redis_wait);
-                let ttl = Duration::from_secs(config.node_ttl.max(1));
-                let store = tokio::task::spawn_blocking(move || {
-                    RedisStore::connect(&url, history, Duration::from_secs(wait), ttl)
-                })
-                .await
-                .map_err(|e| StartupError::Store(e.to_string()))?
-                .map_err(StartupError::Store)?;
-                let store = Arc::new(store);
-                hub.set_cluster(Arc::new(PresenceQueue::start(store.clone())));
-                let (ready, subscribed) = tokio::sync::oneshot::channel();
-                tokio::spawn(redis::run_subscriber(
-                    store.clone(),
-                    hub.clone(),
-                    cancel.clone(),
-                    ready,
-                ));
-                let wait = Duration::from_secs(config.redis_wait.max(5));
-                if tokio::time::timeout(wait, subscribed).await.is_err() {
-                    return Err(StartupError::Store(
-                        "cannot subscribe to Redis events; is Redis reachable?".into(),
-                    ));
-                }
-                tracing::info!(
-                    node = store.node(),
-                    "cluster mode: history and presence in Redis"
-                );
-                Chat::clustered(hub, store)
-            }
-            None => {
-                let store: Arc<dyn Store> = match config.db_path() {
-                    None => Arc::new(MemoryStore::new(config.history)),
-                    Some(path) => Arc::new(
-                        SqliteStore::open_with(&path, config.db_sync)
-                            .map_err(|e| StartupError::Store(e.to_string()))?,
-                    ),
-                };
-                Chat::new(hub, store)
+        let tracker = TaskTracker::new();
+        let stop = |cancel: &CancellationToken, tracker: &TaskTracker| {
+            cancel.cancel();
+            tracker.close();
+            let tracker = tracker.clone();
+            async move { tracker.wait().await }
+        };
+        let chat = match start_chat(&config, &metrics, &cancel, &tracker).await {
+            Ok(chat) => chat,
+            Err(e) => {
+                stop(&cancel, &tracker).await;
+                return Err(e);
             }
         };
         let addr = SocketAddr::new(config.host, config.port);
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartupError::Bind { addr, source })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|source| StartupError::Bind { addr, source })?;
+        let bound = match TcpListener::bind(addr).await {
+            Ok(listener) => listener.local_addr().map(|addr| (listener, addr)),
+            Err(e) => Err(e),
+        };
+        let (listener, addr) = match bound {
+            Ok(bound) => bound,
+            Err(source) => {
+                stop(&cancel, &tracker).await;
+                chat.close().await;
+                return Err(StartupError::Bind { addr, source });
+            }
+        };
         let limits = Arc::new(
             Limits::new(
                 config.post_rate,
@@ -132,10 +116,12 @@ impl Application {
             listener,
             addr,
             cancel,
+            tracker,
             state: AppState {
                 chat,
                 config: Arc::new(config),
                 limits,
+                metrics,
             },
         })
     }
@@ -153,6 +139,11 @@ impl Application {
         self.state.chat.clone()
     }
 
+    /// The application's metrics.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.state.metrics.clone()
+    }
+
     /// Serves until `shutdown` completes, then shuts down gracefully: stop
     /// accepting, end every stream and long-poll, let in-flight requests
     /// finish (up to `--shutdown-timeout`), flush storage.
@@ -161,11 +152,12 @@ impl Application {
             listener,
             addr,
             cancel,
+            tracker,
             state,
         } = self;
         let config = state.config.clone();
         let chat = state.chat.clone();
-        let tracker = TaskTracker::new();
+        let metrics = state.metrics.clone();
         let closing = Closing::new(cancel.clone());
 
         tracker.spawn(background(chat.clone(), config.clone(), cancel.clone()));
@@ -175,7 +167,6 @@ impl Application {
         let limits = state.limits.clone();
         let svc = Arc::new(warp::service(routes(state)));
         let mut shutdown = std::pin::pin!(shutdown);
-        let metrics = chat.hub.metrics().clone();
         let mut accept_errors = AcceptErrors::default();
         tracing::info!(%addr, db = %config.db, "listening on http://{addr}/");
         loop {
@@ -215,7 +206,7 @@ impl Application {
             let io = TokioIo::new(StallTimeout::new(
                 stream,
                 Duration::from_secs(config.write_timeout),
-                chat.hub.metrics().clone(),
+                metrics.clone(),
             ));
             let closing = closing.clone();
             tracker.spawn(async move {
@@ -240,12 +231,9 @@ impl Application {
             });
         }
 
-        tracing::info!(
-            open_streams = chat.hub.metrics().sse_streams.get(),
-            "shutting down"
-        );
+        tracing::info!(open_streams = metrics.sse_streams.get(), "shutting down");
         drop(listener);
-        chat.hub.shutdown();
+        chat.shutdown();
         closing.close();
         tracker.close();
         let grace = Duration::from_secs(config.shutdown_timeout);
@@ -256,9 +244,6 @@ impl Application {
             );
         }
         chat.close().await;
-        if let Some(cluster) = chat.cluster().cloned() {
-            let _ = tokio::task::spawn_blocking(move || cluster.reap_self()).await;
-        }
         tracing::info!("shutdown complete");
     }
 }
@@ -338,27 +323,71 @@ where
     }
 }
 
+/// Opens the history and starts the chat; in cluster mode also the Redis
+/// subscriber and heartbeat (in `tracker`, ended by `cancel`), and waits
+/// until the node hears the cluster.
+async fn start_chat(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<Chat, StartupError> {
+    let Some(url) = &config.redis else {
+        let history: Arc<dyn History> = match &config.db {
+            Database::Memory => Arc::new(MemoryStore::new(config.history)),
+            Database::File(path) => Arc::new(
+                SqliteStore::open_with(path, config.db_sync)
+                    .map_err(|e| StartupError::Store(e.to_string()))?,
+            ),
+        };
+        return Ok(Chat::new(history, config.stream_buffer, metrics.clone())?);
+    };
+    let (url, history, wait) = (url.clone(), config.history, config.redis_wait);
+    let ttl = Duration::from_secs(config.node_ttl.max(1));
+    let redis = tokio::task::spawn_blocking(move || {
+        Redis::connect(&url, history, Duration::from_secs(wait), ttl)
+    })
+    .await
+    .map_err(|e| StartupError::Store(e.to_string()))?
+    .map_err(StartupError::Store)?;
+    let cluster = Arc::new(RedisCluster::start(redis.presence.clone()));
+    let chat = Chat::clustered(
+        redis.history.clone(),
+        cluster,
+        config.stream_buffer,
+        metrics.clone(),
+    )?;
+    let (ready, subscribed) = tokio::sync::oneshot::channel();
+    tracker.spawn(subscriber::run(
+        redis.conn.clone(),
+        chat.inbox(),
+        cancel.clone(),
+        ready,
+    ));
+    tracker.spawn(presence::heartbeat(redis.presence.clone(), cancel.clone()));
+    let wait = Duration::from_secs(config.redis_wait.max(5));
+    if !matches!(tokio::time::timeout(wait, subscribed).await, Ok(Ok(()))) {
+        chat.close().await;
+        return Err(StartupError::Store(
+            "cannot subscribe to Redis events; is Redis reachable?".into(),
+        ));
+    }
+    tracing::info!(
+        node = redis.presence.node(),
+        "cluster mode: history and presence in Redis"
+    );
+    Ok(chat)
+}
+
 /// Periodic work: keep-alive ticks and history pruning.
 async fn background(chat: Chat, config: Arc<Config>, cancel: CancellationToken) {
     let keepalive = Duration::from_secs(config.keepalive.max(1));
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive);
     let mut prune = tokio::time::interval(Duration::from_secs(10));
-    let mut heartbeat = tokio::time::interval(redis::heartbeat_every(Duration::from_secs(
-        config.node_ttl.max(1),
-    )));
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
-            _ = heartbeat.tick(), if chat.cluster().is_some() => {
-                if let Some(cluster) = chat.cluster().cloned() {
-                    match tokio::task::spawn_blocking(move || cluster.heartbeat()).await {
-                        Ok(Err(e)) => tracing::warn!(error = %e, "cluster heartbeat failed"),
-                        Err(e) => tracing::warn!(error = %e, "cluster heartbeat task failed"),
-                        Ok(Ok(())) => {}
-                    }
-                }
-            }
-            _ = ticks.tick(), if config.keepalive > 0 => chat.hub.keepalive(),
+            _ = ticks.tick(), if config.keepalive > 0 => chat.keepalive(),
             _ = prune.tick(), if config.history > 0 => {
                 match chat.prune(config.history).await {
                     Ok(0) => {}

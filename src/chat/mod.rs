@@ -1,21 +1,41 @@
 //! The chat domain: validated types, messages and their frames, the live
-//! hub, and the single writer. No HTTP here.
+//! hub, the single writer, and the two ports the domain owns: [`history`]
+//! (storage) and [`cluster`] (several nodes as one chat). No HTTP here, and
+//! no storage: the store module implements the ports.
+//!
+//! [`Chat`] is what the rest of the program sees: open a stream, wait for
+//! newer messages, append, read history. The hub and the writer stay
+//! inside.
 
-pub mod fanout;
-pub mod hub;
+pub mod cluster;
+pub(crate) mod fanout;
+pub mod history;
+pub(crate) mod hub;
 pub mod message;
 pub mod subscriber;
 pub mod types;
-pub mod writer;
+mod writer;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use self::hub::Hub;
-use self::message::Message;
-use self::types::{EventId, RoomName};
-use self::writer::{Accepted, Writer};
-use crate::store::redis::RedisStore;
-use crate::store::{NewMessage, Store, StoreError};
+use bytes::Bytes;
+
+use self::cluster::{Cluster, Inbox};
+use self::fanout::RecvError;
+use self::history::{History, HistoryError, NewMessage};
+use self::hub::{Hub, Subscription};
+use self::message::{messages_after, Event, Format, Message};
+use self::subscriber::EventStream;
+use self::types::{ClientId, DisplayName, EventId, RoomName};
+use self::writer::Writer;
+use crate::metrics::Metrics;
+
+pub use self::writer::Accepted;
+
+/// How long opening a stream waits for the cluster-wide online count before
+/// it says this node's.
+const CLUSTER_ONLINE_WAIT: Duration = Duration::from_secs(2);
 
 /// Why the chat could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -23,48 +43,178 @@ pub enum ChatError {
     #[error("the server is shutting down")]
     ShuttingDown,
     #[error(transparent)]
-    Store(#[from] StoreError),
+    History(#[from] HistoryError),
 }
 
-/// The chat as the HTTP layer sees it: live hub + history + writer.
+/// The chat could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start the writer thread: {0}")]
+pub struct StartError(#[from] std::io::Error);
+
+/// The chat as the rest of the program sees it. Cheap to clone.
 #[derive(Clone)]
 pub struct Chat {
-    pub hub: Hub,
-    store: Arc<dyn Store>,
+    hub: Hub,
+    history: Arc<dyn History>,
     writer: Arc<Writer>,
-    /// Set in cluster mode: presence and health come from Redis.
-    cluster: Option<Arc<RedisStore>>,
+    /// Set in cluster mode: presence, online counts and health come from it.
+    cluster: Option<Arc<dyn Cluster>>,
+}
+
+/// A stream, opened: the client's name, how many are online, what it
+/// missed, and the live subscription its body reads.
+pub struct OpenStream {
+    pub name: DisplayName,
+    pub online: usize,
+    /// Messages after the client's `since` / `Last-Event-ID`, oldest first.
+    pub replay: Vec<Message>,
+    client: ClientId,
+    sub: Subscription,
+    metrics: Arc<Metrics>,
+}
+
+impl OpenStream {
+    /// The stream's body: `prelude`, then the room's live events newer than
+    /// `last_id`. `guards` are dropped with the stream.
+    pub fn into_body<G>(
+        self,
+        prelude: Vec<Bytes>,
+        format: Format,
+        last_id: Option<EventId>,
+        retry_ms: u64,
+        guards: G,
+    ) -> EventStream<G> {
+        EventStream::new(
+            self.sub,
+            prelude,
+            self.client,
+            format,
+            last_id,
+            retry_ms,
+            self.metrics,
+            guards,
+        )
+    }
+}
+
+/// What a long-poll finds when it starts.
+pub enum Newer {
+    /// Messages are there already: answer at once.
+    Now(Vec<Message>),
+    /// Nothing yet: wait with [`Waiting::until`].
+    Later(Waiting),
+}
+
+/// A long-poll watching its room for messages newer than it has.
+pub struct Waiting {
+    chat: Chat,
+    room: RoomName,
+    since: Option<EventId>,
+    limit: usize,
+    sub: Subscription,
+}
+
+impl Waiting {
+    /// Waits until a message newer than `since` arrives, the deadline
+    /// passes, or the server shuts down; returns what is newer then (empty
+    /// on timeout or shutdown).
+    pub async fn until(
+        mut self,
+        deadline: tokio::time::Instant,
+    ) -> Result<Vec<Message>, ChatError> {
+        let woke = loop {
+            match tokio::time::timeout_at(deadline, self.sub.rx.recv()).await {
+                Err(_) => break false,
+                Ok(Ok(ev)) => match &*ev {
+                    // Messages the first read already covered (in a
+                    // cluster, a POST is answered before its fan-out
+                    // reaches every node).
+                    Event::Messages(list) if messages_after(list, self.since).is_empty() => {
+                        continue
+                    }
+                    Event::Messages(_) => break true,
+                    Event::Shutdown => break false,
+                    _ => continue,
+                },
+                // Fell behind: there is something new, surely.
+                Ok(Err(RecvError::Lagged(_))) => break true,
+                Ok(Err(RecvError::Closed)) => break false,
+            }
+        };
+        if woke {
+            self.chat.messages(&self.room, self.since, self.limit).await
+        } else {
+            Ok(Vec::new())
+        }
+    }
 }
 
 impl Chat {
-    pub fn new(hub: Hub, store: Arc<dyn Store>) -> Self {
-        let writer = Arc::new(Writer::start(store.clone(), hub.clone()));
-        Chat {
+    /// A chat on one node: history from `history`, presence counted here.
+    /// `stream_buffer` is how many events a stream may fall behind.
+    pub fn new(
+        history: Arc<dyn History>,
+        stream_buffer: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StartError> {
+        let hub = Hub::new(stream_buffer, metrics.clone());
+        let writer = Writer::start(history.clone(), Some(hub.clone()), metrics)?;
+        Ok(Chat {
             hub,
-            store,
-            writer,
+            history,
+            writer: Arc::new(writer),
             cluster: None,
-        }
+        })
     }
 
-    /// A chat whose history, ids and presence live in Redis.
-    pub fn clustered(hub: Hub, store: Arc<RedisStore>) -> Self {
-        let mut chat = Chat::new(hub, store.clone());
-        chat.cluster = Some(store);
-        chat
+    /// A chat that is one node of a cluster: the history publishes what it
+    /// stores and every node (this one too) hears it through [`Chat::inbox`],
+    /// so the writer does not deliver; presence is counted by `cluster`.
+    pub fn clustered(
+        history: Arc<dyn History>,
+        cluster: Arc<dyn Cluster>,
+        stream_buffer: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, StartError> {
+        let hub = Hub::new(stream_buffer, metrics.clone());
+        hub.set_cluster(cluster.clone());
+        let writer = Writer::start(history.clone(), None, metrics)?;
+        Ok(Chat {
+            hub,
+            history,
+            writer: Arc::new(writer),
+            cluster: Some(cluster),
+        })
     }
 
-    pub fn cluster(&self) -> Option<&Arc<RedisStore>> {
-        self.cluster.as_ref()
+    /// Where a cluster delivers what this node hears.
+    pub fn inbox(&self) -> Inbox {
+        Inbox::new(self.hub.clone(), self.history.clone())
     }
 
-    /// Whether everything this node depends on answers (Redis in cluster mode).
+    /// Whether everything this node depends on answers (the cluster, if any).
     pub fn healthy(&self) -> bool {
         self.cluster.as_ref().is_none_or(|c| c.is_healthy())
     }
 
+    pub fn is_shutting_down(&self) -> bool {
+        self.hub.is_shutting_down()
+    }
+
+    /// The name a client goes by: `chosen` if it gave one (remembered for
+    /// its next requests), else the latest it gave, else its guest name.
+    pub fn name_for(&self, client: ClientId, chosen: Option<&DisplayName>) -> DisplayName {
+        match chosen {
+            Some(name) => {
+                self.hub.set_name(client, name);
+                name.clone()
+            }
+            None => self.hub.name_of(client),
+        }
+    }
+
     /// Distinct clients online in a room: cluster-wide in cluster mode
-    /// (falling back to this node's count if Redis does not answer).
+    /// (falling back to this node's count if the cluster does not answer).
     pub async fn online(&self, room: &RoomName) -> usize {
         let local = self.hub.online(room);
         let Some(cluster) = self.cluster.clone() else {
@@ -72,9 +222,99 @@ impl Chat {
         };
         let room = room.clone();
         match tokio::task::spawn_blocking(move || cluster.online(&room)).await {
-            Ok(Ok(n)) => n.max(local),
+            Ok(Some(n)) => n.max(local),
             _ => local,
         }
+    }
+
+    /// Rooms worth listing: those with history and those with someone
+    /// online on this node, each with its online count, busiest first.
+    pub async fn room_list(&self) -> Result<Vec<(RoomName, usize)>, ChatError> {
+        let mut names = self.rooms().await?;
+        names.extend(self.hub.rooms_online().into_iter().map(|(r, _)| r));
+        names.sort();
+        names.dedup();
+        let mut rooms = Vec::with_capacity(names.len());
+        for r in names {
+            let online = self.online(&r).await;
+            rooms.push((r, online));
+        }
+        rooms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok(rooms)
+    }
+
+    /// Opens a client's stream in `room`: counts it as present, subscribes
+    /// to the live events, then reads what it missed after `since` (so a
+    /// message stored meanwhile is in both, and the stream skips the ids
+    /// its replay sent).
+    pub async fn open_stream(
+        &self,
+        room: &RoomName,
+        client: ClientId,
+        name: &DisplayName,
+        since: Option<EventId>,
+    ) -> Result<OpenStream, ChatError> {
+        let mut sub = self
+            .hub
+            .open_stream(room, client, name)
+            .map_err(|_| ChatError::ShuttingDown)?;
+        let online = match sub.cluster_online.take() {
+            Some(rx) => tokio::time::timeout(CLUSTER_ONLINE_WAIT, rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(sub.online),
+            None if self.cluster.is_some() => self.online(room).await,
+            None => sub.online,
+        };
+        let replay = match since {
+            Some(after) => self.after(room, Some(after), usize::MAX).await?,
+            None => Vec::new(),
+        };
+        Ok(OpenStream {
+            name: name.clone(),
+            online,
+            replay,
+            client,
+            sub,
+            metrics: self.hub.metrics().clone(),
+        })
+    }
+
+    /// Messages of `room` after `since`, or its latest when `since` is
+    /// `None`: at most `limit`, oldest first.
+    pub async fn messages(
+        &self,
+        room: &RoomName,
+        since: Option<EventId>,
+        limit: usize,
+    ) -> Result<Vec<Message>, ChatError> {
+        match since {
+            Some(after) => self.after(room, Some(after), limit).await,
+            None => self.latest(room, limit).await,
+        }
+    }
+
+    /// The start of a long-poll: watches the room, then reads (so a
+    /// message stored in between wakes the wait).
+    pub async fn newer(
+        &self,
+        room: &RoomName,
+        since: Option<EventId>,
+        limit: usize,
+    ) -> Result<Newer, ChatError> {
+        let sub = self.hub.watch(room).map_err(|_| ChatError::ShuttingDown)?;
+        let found = self.messages(room, since, limit).await?;
+        if !found.is_empty() {
+            return Ok(Newer::Now(found));
+        }
+        Ok(Newer::Later(Waiting {
+            chat: self.clone(),
+            room: room.clone(),
+            since,
+            limit,
+            sub,
+        }))
     }
 
     /// Stores and broadcasts a message; returns once it is stored.
@@ -89,16 +329,16 @@ impl Chat {
             .map_err(|_| ChatError::ShuttingDown)??)
     }
 
-    /// Runs a blocking store read off the async runtime.
+    /// Runs a blocking history read off the async runtime.
     async fn read<T, F>(&self, f: F) -> Result<T, ChatError>
     where
         T: Send + 'static,
-        F: FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&dyn History) -> Result<T, HistoryError> + Send + 'static,
     {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&*store))
+        let history = self.history.clone();
+        tokio::task::spawn_blocking(move || f(&*history))
             .await
-            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+            .map_err(|e| HistoryError::Unavailable(format!("read task failed: {e}")))?
             .map_err(ChatError::from)
     }
 
@@ -130,8 +370,28 @@ impl Chat {
         self.read(move |s| s.prune(keep)).await
     }
 
-    /// Stops the writer after the queued appends, and flushes storage.
+    /// One keep-alive tick to every open stream.
+    pub fn keepalive(&self) {
+        self.hub.keepalive();
+    }
+
+    /// Refuses new streams, long-polls and posts, and tells every open
+    /// stream and long-poll to end.
+    pub fn shutdown(&self) {
+        self.hub.shutdown();
+    }
+
+    /// Rooms with live machinery on this node (streams or long-polls).
+    pub fn live_rooms(&self) -> usize {
+        self.hub.live_rooms()
+    }
+
+    /// Stops the writer after the queued appends, flushes storage, and
+    /// leaves the cluster (if any).
     pub async fn close(&self) {
         self.writer.close().await;
+        if let Some(cluster) = self.cluster.clone() {
+            let _ = tokio::task::spawn_blocking(move || cluster.depart()).await;
+        }
     }
 }

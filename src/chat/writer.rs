@@ -15,17 +15,17 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::history::{Appended, History, HistoryError, NewMessage};
 use super::hub::{Hub, Staged};
 use super::types::{EventId, RoomName};
 use crate::metrics::Metrics;
-use crate::store::{Appended, NewMessage, Store, StoreError};
 
 /// The most messages committed in one transaction.
 const MAX_BATCH: usize = 512;
 /// Appends waiting for the writer; senders wait (asynchronously) beyond it.
 const QUEUE: usize = 8192;
 
-type Reply = oneshot::Sender<Result<Accepted, StoreError>>;
+type Reply = oneshot::Sender<Result<Accepted, HistoryError>>;
 
 /// What a POST learns of its message: the id and room it is stored under,
 /// and whether it is new (or an earlier one with the same
@@ -63,12 +63,17 @@ impl Writer {
     /// started (measured at 1,000 subscribers: 14 ms → 2 ms mean in the
     /// handler). Staging first keeps the promise that a stream opened after
     /// a POST was answered does not get that message live.
-    pub fn start(store: Arc<dyn Store>, hub: Hub) -> Self {
+    ///
+    /// `deliver` is the hub new messages go to; `None` when something else
+    /// delivers them (a cluster, whose history publishes what it stores).
+    pub fn start(
+        history: Arc<dyn History>,
+        deliver: Option<Hub>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (staged_tx, mut staged) = mpsc::unbounded_channel::<Staged>();
-        // A store that broadcasts itself (Redis) needs no publisher.
-        let publish = (!store.broadcasts_itself()).then(|| (hub.clone(), staged_tx));
-        let metrics = hub.metrics().clone();
+        let publish = deliver.map(|hub| (hub, staged_tx));
         let publisher = tokio::spawn(async move {
             while let Some(batch) = staged.recv().await {
                 batch.wake();
@@ -76,19 +81,25 @@ impl Writer {
         });
         let thread = std::thread::Builder::new()
             .name("ssechat-writer".into())
-            .spawn(move || run(store, rx, publish, metrics))
-            .expect("spawning the writer thread");
-        Writer {
+            .spawn(move || run(history, rx, publish, metrics));
+        let thread = match thread {
+            Ok(thread) => thread,
+            Err(e) => {
+                publisher.abort();
+                return Err(e);
+            }
+        };
+        Ok(Writer {
             tx: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
             publisher: Mutex::new(Some(publisher)),
-        }
+        })
     }
 
     pub async fn append(
         &self,
         msg: NewMessage,
-    ) -> Result<Result<Accepted, StoreError>, WriterClosed> {
+    ) -> Result<Result<Accepted, HistoryError>, WriterClosed> {
         let tx = self
             .tx
             .lock()
@@ -127,7 +138,7 @@ fn now_ms() -> i64 {
 }
 
 fn run(
-    store: Arc<dyn Store>,
+    history: Arc<dyn History>,
     mut rx: mpsc::Receiver<(NewMessage, Reply)>,
     publish: Option<(Hub, mpsc::UnboundedSender<Staged>)>,
     metrics: Arc<Metrics>,
@@ -146,7 +157,7 @@ fn run(
             };
         }
         let started = std::time::Instant::now();
-        let appended = store.append(&batch, now_ms());
+        let appended = history.append(&batch, now_ms());
         metrics
             .store_commit_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -200,7 +211,7 @@ fn run(
         }
         batch.clear();
     }
-    if let Err(e) = store.flush() {
-        tracing::error!(error = %e, "flushing the store at shutdown failed");
+    if let Err(e) = history.flush() {
+        tracing::error!(error = %e, "flushing the history at shutdown failed");
     }
 }

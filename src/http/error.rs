@@ -53,7 +53,7 @@ impl From<ChatError> for ApiError {
     fn from(e: ChatError) -> Self {
         match e {
             ChatError::ShuttingDown => ApiError::ShuttingDown,
-            ChatError::Store(e) => {
+            ChatError::History(e) => {
                 tracing::error!(error = %e, "storage error");
                 ApiError::StorageUnavailable
             }

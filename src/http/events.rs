@@ -10,7 +10,6 @@ use super::error::ApiError;
 use super::form::Fields;
 use super::{identity, AppState, Ctx};
 use crate::chat::message::{self, Format};
-use crate::chat::subscriber::EventStream;
 use crate::chat::types::{DisplayName, EventId, RoomName};
 use crate::limits::Refused;
 use crate::sse;
@@ -18,7 +17,7 @@ use crate::sse;
 pub async fn events(state: AppState, ctx: Ctx) -> Response {
     match open(&state, ctx).await {
         Ok(res) => res,
-        Err(e) => e.respond(state.chat.hub.metrics()),
+        Err(e) => e.respond(&state.metrics),
     }
 }
 
@@ -71,8 +70,7 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
     let who = identity::resolve(&ctx.headers, client_q.as_deref())?;
 
     let chat = &state.chat;
-    let hub = &chat.hub;
-    if hub.is_shutting_down() {
+    if chat.is_shutting_down() {
         return Err(ApiError::ShuttingDown);
     }
     // Every open reads history and counts a presence: rate-limited per
@@ -95,33 +93,14 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
         })?;
 
     let client = who.token.id();
-    if let Some(n) = &name {
-        hub.set_name(client, n);
-    }
-    let name = hub.name_of(client);
-    // Subscribe before reading history: a message stored meanwhile is then
-    // in both, and the stream skips ids that replay already sent.
-    let mut sub = hub
-        .open_stream(&room, client, &name)
-        .map_err(|_| ApiError::ShuttingDown)?;
-    let online = match sub.cluster_online.take() {
-        Some(rx) => tokio::time::timeout(std::time::Duration::from_secs(2), rx)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or(sub.online),
-        None if chat.cluster().is_some() => chat.online(&room).await,
-        None => sub.online,
-    };
-    let replay = match since {
-        Some(after) => chat.after(&room, Some(after), usize::MAX).await?,
-        None => Vec::new(),
-    };
+    let name = chat.name_for(client, name.as_ref());
+    let stream = chat.open_stream(&room, client, &name, since).await?;
+    let (online, replay) = (stream.online, &stream.replay);
     let minted = who.minted.then(|| who.token.expose());
     let mut prelude = Vec::with_capacity(replay.len() + 2);
     prelude.push(sse::retry(state.config.retry_ms));
     prelude.push(message::hello_frame(&room, &name, online, minted));
-    for m in &replay {
+    for m in replay {
         prelude.push(m.frame(format, m.sender == client));
     }
     let last_id = replay.last().map(|m| m.id).max(since);
@@ -134,14 +113,11 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
         name: name.clone(),
         peer: ctx.peer,
     };
-    let body = EventStream::new(
-        sub,
+    let body = stream.into_body(
         prelude,
-        client,
         format,
         last_id,
         state.config.retry_ms,
-        hub.metrics().clone(),
         (permit, log),
     );
     let mut res = warp::reply::stream(body).into_response();

@@ -12,13 +12,12 @@ use warp::reply::Response;
 use super::error::ApiError;
 use super::form::Fields;
 use super::{identity, json_response, AppState, Ctx};
-use crate::chat::fanout::RecvError;
-use crate::chat::message::{messages_after, Event, MessageJson};
+use crate::chat::history::NewMessage;
+use crate::chat::message::MessageJson;
 use crate::chat::types::{ClientMsgId, DisplayName, Invalid, MessageText, RoomName};
-use crate::chat::writer::Accepted;
+use crate::chat::{Accepted, Newer};
 use crate::limits::Refused;
 use crate::metrics::Held;
-use crate::store::NewMessage;
 use warp::Reply;
 
 /// The fields of a POST, whatever the body's content type.
@@ -186,7 +185,7 @@ where
     B: Buf,
 {
     let started = Instant::now();
-    let metrics = state.chat.hub.metrics().clone();
+    let metrics = state.metrics.clone();
     let res = match handle_post(&state, &ctx, body).await {
         Ok(res) => res,
         Err(e) => {
@@ -205,7 +204,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    if state.chat.hub.is_shutting_down() {
+    if state.chat.is_shutting_down() {
         return Err(ApiError::ShuttingDown);
     }
     check_origin(&ctx.headers)?;
@@ -251,18 +250,14 @@ where
             _ => unreachable!("check_post only refuses on rate"),
         })?;
 
-    let hub = &state.chat.hub;
-    if let Some(n) = &name {
-        hub.set_name(sender, n);
-    }
-    let name = name.unwrap_or_else(|| hub.name_of(sender));
+    let name = state.chat.name_for(sender, name.as_ref());
     let chars = text.as_str().chars().count();
     let outcome = state
         .chat
         .post(NewMessage {
             room: room.clone(),
             name: name.clone(),
-            text: text.into_string(),
+            text,
             sender: store_sender,
             client_msg_id,
         })
@@ -315,7 +310,7 @@ const MAX_WAIT_SECS: f64 = 30.0;
 pub async fn history(state: AppState, ctx: Ctx) -> Response {
     match handle_history(&state, &ctx).await {
         Ok(res) => res,
-        Err(e) => e.respond(state.chat.hub.metrics()),
+        Err(e) => e.respond(&state.metrics),
     }
 }
 
@@ -347,54 +342,28 @@ async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiErro
     let viewer = identity::presented(&ctx.headers, client_q.as_deref())?.map(|(t, _)| t.id());
 
     let chat = &state.chat;
-    let fetch = || async {
-        match since {
-            Some(after) => chat.after(&room, Some(after), limit).await,
-            None => chat.latest(&room, limit).await,
-        }
-    };
     let mut messages = if wait > 0.0 {
-        // Watch before reading, so a message stored in between wakes us.
-        let mut sub = chat.hub.watch(&room).map_err(|_| ApiError::ShuttingDown)?;
-        let messages = fetch().await?;
-        if messages.is_empty() {
-            // Both given back however this ends, the client hanging up
-            // (this future dropped mid-wait) included.
-            let _permit = state
-                .limits
-                .acquire_long_poll(ctx.client)
-                .map_err(|r| match r {
-                    Refused::TooManyLongPollsFromIp => ApiError::TooManyLongPollsFromIp,
-                    _ => ApiError::ServerFull("too many long-polls waiting; retry later".into()),
-                })?;
-            let _waiting = Held::new(&chat.hub.metrics().long_polls);
-            let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
-            let woke = loop {
-                match tokio::time::timeout_at(deadline, sub.rx.recv()).await {
-                    Err(_) => break false,
-                    Ok(Ok(ev)) => match &*ev {
-                        // Messages the read above already covered (in a
-                        // cluster, a POST is answered before its fan-out
-                        // reaches every node).
-                        Event::Messages(list) if messages_after(list, since).is_empty() => continue,
-                        Event::Messages(_) => break true,
-                        Event::Shutdown => break false,
-                        _ => continue,
-                    },
-                    Ok(Err(RecvError::Lagged(_))) => break true,
-                    Ok(Err(RecvError::Closed)) => break false,
-                }
-            };
-            if woke {
-                fetch().await?
-            } else {
-                messages
+        match chat.newer(&room, since, limit).await? {
+            Newer::Now(messages) => messages,
+            Newer::Later(waiting) => {
+                // Both given back however this ends, the client hanging up
+                // (this future dropped mid-wait) included.
+                let _permit = state
+                    .limits
+                    .acquire_long_poll(ctx.client)
+                    .map_err(|r| match r {
+                        Refused::TooManyLongPollsFromIp => ApiError::TooManyLongPollsFromIp,
+                        _ => {
+                            ApiError::ServerFull("too many long-polls waiting; retry later".into())
+                        }
+                    })?;
+                let _waiting = Held::new(&state.metrics.long_polls);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
+                waiting.until(deadline).await?
             }
-        } else {
-            messages
         }
     } else {
-        fetch().await?
+        chat.messages(&room, since, limit).await?
     };
     let last_id = match messages.last() {
         Some(m) => Some(m.id),

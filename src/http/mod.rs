@@ -25,6 +25,7 @@ use self::error::ApiError;
 use crate::chat::Chat;
 use crate::config::Config;
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 
 /// Everything a handler needs; cheap to clone.
 #[derive(Clone)]
@@ -32,6 +33,7 @@ pub struct AppState {
     pub chat: Chat,
     pub config: Arc<Config>,
     pub limits: Arc<Limits>,
+    pub metrics: Arc<Metrics>,
 }
 
 /// The peer's address, put into each request's extensions by the server loop.
@@ -153,7 +155,6 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
 
 /// Unmatched routes and warp's own rejections, as JSON errors.
 async fn recover(r: Rejection, state: AppState) -> Result<Response, Infallible> {
-    let m = &state.chat.hub.metrics();
     let err = if r.is_not_found() {
         ApiError::NotFound
     } else if r.find::<warp::reject::MethodNotAllowed>().is_some() {
@@ -162,7 +163,7 @@ async fn recover(r: Rejection, state: AppState) -> Result<Response, Infallible> 
         tracing::debug!(rejection = ?r, "request rejected");
         ApiError::BadRequest("malformed request".into())
     };
-    Ok(err.respond(m))
+    Ok(err.respond(&state.metrics))
 }
 
 pub(crate) fn json_response<T: serde::Serialize>(

@@ -6,7 +6,7 @@ use warp::reply::Response;
 use super::AppState;
 
 pub fn healthz(state: AppState) -> Response {
-    let (status, body) = if state.chat.hub.is_shutting_down() {
+    let (status, body) = if state.chat.is_shutting_down() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down")
     } else if !state.chat.healthy() {
         (StatusCode::SERVICE_UNAVAILABLE, "redis unavailable")
@@ -23,7 +23,7 @@ pub fn healthz(state: AppState) -> Response {
 }
 
 pub fn metrics(state: AppState) -> Response {
-    let mut res = Response::new(state.chat.hub.metrics().render().into());
+    let mut res = Response::new(state.metrics.render().into());
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

@@ -69,22 +69,17 @@ fn hh_mm(ts: i64) -> String {
 
 pub async fn index(state: AppState, _ctx: Ctx) -> Response {
     let result = async {
-        let mut names = state.chat.rooms().await?;
-        names.extend(state.chat.hub.rooms_online().into_iter().map(|(r, _)| r));
-        names.sort();
-        names.dedup();
-        let mut rooms = Vec::with_capacity(names.len());
-        for r in names {
-            rooms.push(RoomSummary {
-                online: state.chat.online(&r).await,
-                name: r.to_string(),
-            });
-        }
-        rooms.sort_by(|a, b| b.online.cmp(&a.online).then_with(|| a.name.cmp(&b.name)));
+        let rooms = (state.chat.room_list().await?)
+            .into_iter()
+            .map(|(room, online)| RoomSummary {
+                name: room.to_string(),
+                online,
+            })
+            .collect();
         render(&IndexPage { rooms })
     }
     .await;
-    result.unwrap_or_else(|e| e.respond(state.chat.hub.metrics()))
+    result.unwrap_or_else(|e| e.respond(&state.metrics))
 }
 
 pub async fn chat(state: AppState, ctx: Ctx) -> Response {
@@ -96,7 +91,7 @@ pub async fn chat(state: AppState, ctx: Ctx) -> Response {
         let messages = state.chat.latest(&room, PAGE_MESSAGES).await?;
         let page = ChatPage {
             room: room.to_string(),
-            name: state.chat.hub.name_of(viewer).to_string(),
+            name: state.chat.name_for(viewer, None).to_string(),
             last_id: messages
                 .last()
                 .map(|m| m.id.to_string())
@@ -124,7 +119,7 @@ pub async fn chat(state: AppState, ctx: Ctx) -> Response {
         Ok::<_, ApiError>(res)
     }
     .await;
-    result.unwrap_or_else(|e| e.respond(state.chat.hub.metrics()))
+    result.unwrap_or_else(|e| e.respond(&state.metrics))
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
-use super::{Appended, NewMessage, Store, StoreResult};
+use crate::chat::history::{Appended, History, HistoryResult, NewMessage};
 use crate::chat::message::Message;
 use crate::chat::types::{ClientId, EventId, RoomName};
 
@@ -46,8 +46,8 @@ impl MemoryStore {
     }
 }
 
-impl Store for MemoryStore {
-    fn append(&self, batch: &[NewMessage], now_ms: i64) -> StoreResult<Vec<Appended>> {
+impl History for MemoryStore {
+    fn append(&self, batch: &[NewMessage], now_ms: i64) -> HistoryResult<Vec<Appended>> {
         let mut inner = self.lock();
         let mut out = Vec::with_capacity(batch.len());
         for m in batch {
@@ -88,7 +88,7 @@ impl Store for MemoryStore {
         room: &RoomName,
         after: Option<EventId>,
         limit: usize,
-    ) -> StoreResult<Vec<Message>> {
+    ) -> HistoryResult<Vec<Message>> {
         let inner = self.lock();
         let Some(log) = inner.rooms.get(room) else {
             return Ok(Vec::new());
@@ -100,7 +100,7 @@ impl Store for MemoryStore {
         Ok(log.range(start..).take(limit).cloned().collect())
     }
 
-    fn latest(&self, room: &RoomName, limit: usize) -> StoreResult<Vec<Message>> {
+    fn latest(&self, room: &RoomName, limit: usize) -> HistoryResult<Vec<Message>> {
         let inner = self.lock();
         let Some(log) = inner.rooms.get(room) else {
             return Ok(Vec::new());
@@ -109,7 +109,7 @@ impl Store for MemoryStore {
         Ok(log.range(start..).cloned().collect())
     }
 
-    fn last_id(&self, room: &RoomName) -> StoreResult<Option<EventId>> {
+    fn last_id(&self, room: &RoomName) -> HistoryResult<Option<EventId>> {
         Ok(self
             .lock()
             .rooms
@@ -118,7 +118,7 @@ impl Store for MemoryStore {
             .map(|m| m.id))
     }
 
-    fn rooms(&self) -> StoreResult<Vec<RoomName>> {
+    fn rooms(&self) -> HistoryResult<Vec<RoomName>> {
         let inner = self.lock();
         let mut rooms: Vec<_> = inner
             .rooms
@@ -130,7 +130,7 @@ impl Store for MemoryStore {
         Ok(rooms)
     }
 
-    fn prune(&self, keep: usize) -> StoreResult<u64> {
+    fn prune(&self, keep: usize) -> HistoryResult<u64> {
         let mut inner = self.lock();
         let mut removed = 0;
         for log in inner.rooms.values_mut() {
@@ -142,7 +142,7 @@ impl Store for MemoryStore {
         Ok(removed)
     }
 
-    fn flush(&self) -> StoreResult<()> {
+    fn flush(&self) -> HistoryResult<()> {
         Ok(())
     }
 }

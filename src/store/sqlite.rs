@@ -19,31 +19,20 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 
-use super::{Appended, NewMessage, Store, StoreError, StoreResult};
+use crate::chat::history::{Appended, History, HistoryError, HistoryResult, NewMessage};
 use crate::chat::message::Message;
 use crate::chat::types::{ClientId, DisplayName, EventId, RoomName};
+use crate::config::Durability;
 
 /// The schema this build writes. Older files are migrated on open; newer
 /// ones are refused (they may hold data this build would misread).
 pub const SCHEMA_VERSION: i64 = 1;
 
-/// How hard a commit waits for the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Durability {
-    /// `synchronous=FULL`: a 201 survives a power loss or OS crash.
-    Full,
-    /// `synchronous=NORMAL`: a 201 survives the process being killed, but
-    /// the last commits may be lost if the machine itself goes down.
-    /// Lower latency (no fsync per commit).
-    Normal,
-}
-
-impl Durability {
-    fn pragma(self) -> &'static str {
-        match self {
-            Durability::Full => "FULL",
-            Durability::Normal => "NORMAL",
-        }
+/// The `synchronous` pragma for a durability setting.
+fn sync_pragma(durability: Durability) -> &'static str {
+    match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
     }
 }
 
@@ -75,8 +64,8 @@ pub struct SqliteStore {
     _lock: File,
 }
 
-fn unavailable(e: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+fn unavailable(e: rusqlite::Error) -> HistoryError {
+    HistoryError::Unavailable(e.to_string())
 }
 
 fn classify(path: &Path, e: rusqlite::Error) -> OpenError {
@@ -102,7 +91,7 @@ fn connect(path: &Path, durability: Durability) -> rusqlite::Result<Connection> 
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
-    conn.pragma_update(None, "synchronous", durability.pragma())?;
+    conn.pragma_update(None, "synchronous", sync_pragma(durability))?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
 }
@@ -184,7 +173,7 @@ impl SqliteStore {
     }
 
     /// Runs `f` on a pooled read connection.
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> StoreResult<T> {
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> HistoryResult<T> {
         let pooled = self.readers.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let conn = match pooled {
             Some(c) => c,
@@ -263,8 +252,8 @@ fn row_to_message(
     }
 }
 
-impl Store for SqliteStore {
-    fn append(&self, batch: &[NewMessage], now_ms: i64) -> StoreResult<Vec<Appended>> {
+impl History for SqliteStore {
+    fn append(&self, batch: &[NewMessage], now_ms: i64) -> HistoryResult<Vec<Appended>> {
         let mut conn = self.writer();
         let tx = conn.transaction().map_err(unavailable)?;
         let mut out = Vec::with_capacity(batch.len());
@@ -303,7 +292,7 @@ impl Store for SqliteStore {
                     .execute(params![
                         m.room.as_str(),
                         m.name.as_str(),
-                        m.text,
+                        m.text.as_str(),
                         now_ms,
                         &sender[..]
                     ])
@@ -326,7 +315,7 @@ impl Store for SqliteStore {
         room: &RoomName,
         after: Option<EventId>,
         limit: usize,
-    ) -> StoreResult<Vec<Message>> {
+    ) -> HistoryResult<Vec<Message>> {
         let after = after.map_or(0, |a| a.0.min(i64::MAX as u64) as i64);
         let limit = limit.min(i64::MAX as usize) as i64;
         self.read(|c| {
@@ -339,7 +328,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn latest(&self, room: &RoomName, limit: usize) -> StoreResult<Vec<Message>> {
+    fn latest(&self, room: &RoomName, limit: usize) -> HistoryResult<Vec<Message>> {
         let limit = limit.min(i64::MAX as usize) as i64;
         let mut v = self.read(|c| {
             let mut st = c.prepare_cached(
@@ -353,7 +342,7 @@ impl Store for SqliteStore {
         Ok(v)
     }
 
-    fn last_id(&self, room: &RoomName) -> StoreResult<Option<EventId>> {
+    fn last_id(&self, room: &RoomName) -> HistoryResult<Option<EventId>> {
         self.read(|c| {
             c.prepare_cached("SELECT MAX(id) FROM messages WHERE room = ?1")?
                 .query_row([room.as_str()], |r| r.get::<_, Option<i64>>(0))
@@ -361,7 +350,7 @@ impl Store for SqliteStore {
         .map(|id| id.map(|i| EventId(i as u64)))
     }
 
-    fn rooms(&self) -> StoreResult<Vec<RoomName>> {
+    fn rooms(&self) -> HistoryResult<Vec<RoomName>> {
         self.read(|c| {
             let mut st = c.prepare_cached("SELECT DISTINCT room FROM messages ORDER BY room")?;
             let rows = st.query_map([], |r| r.get::<_, String>(0))?;
@@ -375,7 +364,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn prune(&self, keep: usize) -> StoreResult<u64> {
+    fn prune(&self, keep: usize) -> HistoryResult<u64> {
         let keep = keep.min(i64::MAX as usize) as i64;
         // Its own connection, room by room: short write transactions that
         // the writer thread waits out (busy timeout) without noticing.
@@ -404,7 +393,7 @@ impl Store for SqliteStore {
         })
     }
 
-    fn flush(&self) -> StoreResult<()> {
+    fn flush(&self) -> HistoryResult<()> {
         // Every commit is already durable (synchronous=FULL); fold the WAL
         // back into the main file so a clean stop leaves one tidy file.
         self.writer()
@@ -416,7 +405,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests::conformance;
+    use crate::chat::history::conformance::{conformance, new_msg};
 
     fn temp_store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -436,7 +425,7 @@ mod tests {
         let path = dir.path().join("t.db");
         let store = SqliteStore::open(&path).unwrap();
         let room = RoomName::lobby();
-        let msg = crate::store::tests::new_msg(&room, "a", Some("k"));
+        let msg = new_msg(&room, "a", Some("k"));
         let first = store.append(std::slice::from_ref(&msg), 1).unwrap();
         let Appended::New(m) = &first[0] else {
             panic!()
@@ -444,9 +433,7 @@ mod tests {
         store.prune(0).unwrap();
         drop(store);
         let store = SqliteStore::open(&path).unwrap();
-        let again = store
-            .append(&[crate::store::tests::new_msg(&room, "b", None)], 2)
-            .unwrap();
+        let again = store.append(&[new_msg(&room, "b", None)], 2).unwrap();
         let Appended::New(m2) = &again[0] else {
             panic!()
         };

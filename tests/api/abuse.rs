@@ -37,7 +37,7 @@ async fn stream_caps_answer_503_in_total_and_429_per_ip() {
     assert!(msg.contains("from your address"), "{msg}");
     // The place comes back when the stream ends.
     drop(_c);
-    let m = app2.chat.hub.metrics().clone();
+    let m = app2.metrics.clone();
     eventually("the stream is closed", || m.sse_streams.get() == 0).await;
     assert_eq!(app2.events("room=c").await.status, 200);
 }
@@ -49,7 +49,7 @@ async fn long_poll_cap_answers_503() {
     let url = app.url(&format!("/chat/messages?room=lp&since={first}&wait=20"));
     let http = app.http.clone();
     let waiting = tokio::spawn(async move { http.get(url).send().await.unwrap().status() });
-    let m = app.chat.hub.metrics().clone();
+    let m = app.metrics.clone();
     eventually("one long-poll waiting", || m.long_polls.get() == 1).await;
     let (status, msg) = refused_get(
         &app,

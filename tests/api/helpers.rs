@@ -9,11 +9,11 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::Parser as _;
 use futures_util::StreamExt;
 use serde_json::Value;
 use ssechat::chat::Chat;
 use ssechat::config::Config;
+use ssechat::metrics::Metrics;
 use ssechat::sse::{Item, ParsedEvent, Parser};
 use ssechat::startup::Application;
 use tokio::sync::oneshot;
@@ -27,6 +27,7 @@ pub struct TestApp {
     pub base: String,
     pub http: reqwest::Client,
     pub chat: Chat,
+    pub metrics: std::sync::Arc<Metrics>,
     shutdown: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
@@ -51,7 +52,9 @@ pub fn test_config(extra: &[&str]) -> Config {
         "0",
     ];
     args.extend_from_slice(extra);
-    Config::try_parse_from(args).expect("test flags parse")
+    // Flags only: what the developer exported (SSECHAT_DB, SSECHAT_REDIS,
+    // ...) must not change what the suite tests.
+    Config::from_flags(args).expect("test flags parse")
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -66,6 +69,7 @@ pub async fn spawn_with_config(config: Config) -> TestApp {
     let app = Application::build(config).await.expect("server starts");
     let addr = app.addr();
     let chat = app.chat();
+    let metrics = app.metrics();
     let (tx, rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async {
         let _ = rx.await;
@@ -79,6 +83,7 @@ pub async fn spawn_with_config(config: Config) -> TestApp {
             .build()
             .unwrap(),
         chat,
+        metrics,
         shutdown: Some(tx),
         server: Some(server),
     }

@@ -116,7 +116,7 @@ async fn long_poll_ignores_the_late_fan_out_of_what_it_already_has() {
     let first = app.send(None, "late", "mine").await;
     let poll = waiting_long_poll(&app, "late", &first).await;
     // The late fan-out of the message the poll already knows.
-    app.chat.hub.publish(vec![Message {
+    app.chat.inbox().messages(vec![Message {
         id: EventId(first.parse().unwrap()),
         room: RoomName::parse("late").unwrap(),
         name: DisplayName::parse("someone").unwrap(),
@@ -161,7 +161,7 @@ async fn waiting_long_poll(app: &TestApp, room: &str, since: &str) -> JoinHandle
         assert_eq!(res.status(), 200);
         res.json::<Value>().await.unwrap()
     });
-    let m = app.chat.hub.metrics().clone();
+    let m = app.metrics.clone();
     crate::helpers::eventually("the long-poll is waiting", || m.long_polls.get() == 1).await;
     poll
 }

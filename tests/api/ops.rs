@@ -13,7 +13,7 @@ async fn healthz_says_ok_then_503_when_shutting_down() {
     let head = app.http.head(app.url("/healthz")).send().await.unwrap();
     assert_eq!(head.status(), 200, "HEAD works for health checks");
     assert_eq!(head.text().await.unwrap(), "", "HEAD has no body");
-    app.chat.hub.shutdown();
+    app.chat.shutdown();
     assert_eq!(app.get("/healthz").await.status(), 503);
 }
 

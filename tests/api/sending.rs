@@ -289,7 +289,7 @@ async fn posting_too_fast_gets_429_with_retry_after() {
 #[tokio::test]
 async fn posts_during_shutdown_are_refused_cleanly() {
     let app = spawn_app().await;
-    app.chat.hub.shutdown();
+    app.chat.shutdown();
     let res = app.post_json(None, json!({"text":"late"})).await;
     assert_eq!(res.status(), 503);
     let v: Value = res.json().await.unwrap();

@@ -98,8 +98,8 @@ async fn join_and_leave_carry_names_and_online_counts() {
     let leave = a.expect_json("leave").await;
     assert_eq!(leave, serde_json::json!({"name": "bob", "online": 1}));
     drop(a);
-    let hub = app.chat.hub.clone();
-    eventually("room machinery freed", || hub.live_rooms() == 0).await;
+    let chat = app.chat.clone();
+    eventually("room machinery freed", || chat.live_rooms() == 0).await;
 }
 
 #[tokio::test]

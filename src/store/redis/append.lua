@@ -1,0 +1,26 @@
+-- Appends one message: takes the next id from the one global counter, adds
+-- it to the room's stream (trimmed to the history size), records the
+-- idempotency key, and publishes it, atomically, so the publish order is
+-- the id order on every node.
+-- KEYS: seq, room stream, rooms set, idempotency hash of the sender.
+-- ARGV: room, name, text, ts, sender, client_msg_id ('' for none),
+--       history (0: untrimmed), idempotency TTL in seconds.
+-- Returns {1, id} for a new message, {0, "id room"} for a duplicate.
+if ARGV[6] ~= '' then
+  local found = redis.call('HGET', KEYS[4], ARGV[6])
+  if found then return {0, found} end
+end
+local id = redis.call('INCR', KEYS[1])
+if ARGV[7] == '0' then
+  redis.call('XADD', KEYS[2], id .. '-0', 'n', ARGV[2], 't', ARGV[3], 'ts', ARGV[4], 's', ARGV[5])
+else
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], id .. '-0', 'n', ARGV[2], 't', ARGV[3], 'ts', ARGV[4], 's', ARGV[5])
+end
+redis.call('SADD', KEYS[3], ARGV[1])
+if ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[4], ARGV[6], id .. ' ' .. ARGV[1])
+  redis.call('EXPIRE', KEYS[4], ARGV[8])
+end
+redis.call('PUBLISH', 'ssechat:events',
+  'm\n' .. id .. '\n' .. ARGV[1] .. '\n' .. ARGV[4] .. '\n' .. ARGV[5] .. '\n' .. ARGV[2] .. '\n' .. ARGV[3])
+return {1, tostring(id)}

@@ -1,0 +1,190 @@
+//! The node's one subscription to `ssechat:events`: parses what the Lua
+//! scripts publish and hands it to the chat's inbox; reconnects with
+//! back-off, and after a reconnect has the inbox catch up on what this
+//! node's live rooms missed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::{Conn, CHANNEL, IO_TIMEOUT};
+use crate::chat::cluster::Inbox;
+use crate::chat::message::{Message, PresenceKind};
+use crate::chat::types::{ClientId, DisplayName, EventId, RoomName};
+
+/// First wait after losing Redis; doubles up to `MAX_BACKOFF`.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// A dead connection does not always end the message stream: it is pinged
+/// this often, and taken for dead without an answer within `IO_TIMEOUT`.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// One published item, parsed.
+#[derive(Debug)]
+enum Published {
+    Message(Message),
+    /// A join or leave, counted cluster-wide.
+    Presence {
+        room: RoomName,
+        kind: PresenceKind,
+        online: usize,
+        client: ClientId,
+        name: DisplayName,
+    },
+}
+
+fn parse_published(payload: &str) -> Option<Published> {
+    let mut parts = payload.splitn(7, '\n');
+    match parts.next()? {
+        "m" => {
+            let id = parts.next()?.parse().ok()?;
+            let room = RoomName::parse(parts.next()?).ok()?;
+            let ts = parts.next()?.parse().ok()?;
+            let sender = ClientId::from_hex(parts.next()?);
+            let name = DisplayName::parse(parts.next()?).ok()?;
+            let text = parts.next()?.to_owned();
+            Some(Published::Message(Message {
+                id: EventId(id),
+                room,
+                name,
+                text,
+                ts,
+                sender,
+            }))
+        }
+        "p" => {
+            let kind = match parts.next()? {
+                "join" => PresenceKind::Join,
+                _ => PresenceKind::Leave,
+            };
+            Some(Published::Presence {
+                kind,
+                room: RoomName::parse(parts.next()?).ok()?,
+                online: parts.next()?.parse().ok()?,
+                client: ClientId::from_hex(parts.next()?),
+                name: DisplayName::parse(parts.next()?).ok()?,
+            })
+        }
+        _ => None,
+    }
+}
+
+/// Feeds `inbox` until cancelled. `ready` fires once the first
+/// subscription is up.
+pub async fn run(
+    conn: Arc<Conn>,
+    inbox: Inbox,
+    cancel: CancellationToken,
+    ready: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut last_seen = EventId(0);
+    let mut ready = Some(ready);
+    let mut backoff = MIN_BACKOFF;
+    let mut was_down = false;
+    loop {
+        let connected = async {
+            let mut pubsub = conn.client.get_async_pubsub().await?;
+            pubsub.subscribe(CHANNEL).await?;
+            redis::RedisResult::Ok(pubsub)
+        };
+        let pubsub = tokio::select! {
+            () = cancel.cancelled() => return,
+            r = connected => match r {
+                Ok(p) => p,
+                Err(e) => {
+                    conn.set_healthy(false);
+                    if !was_down {
+                        tracing::error!(error = %e, "lost Redis; retrying");
+                    }
+                    was_down = true;
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            },
+        };
+        backoff = MIN_BACKOFF;
+        conn.set_healthy(true);
+        if let Some(r) = ready.take() {
+            let _ = r.send(());
+        }
+        if was_down {
+            tracing::info!("Redis is back; catching up");
+            inbox.catch_up(last_seen).await;
+        }
+        let (mut sink, mut messages) = pubsub.split();
+        let mut ping = tokio::time::interval(PING_EVERY);
+        loop {
+            let msg = tokio::select! {
+                () = cancel.cancelled() => return,
+                _ = ping.tick() => {
+                    let pong = tokio::time::timeout(IO_TIMEOUT, sink.ping::<redis::Value>()).await;
+                    if matches!(pong, Ok(Ok(_))) {
+                        continue;
+                    }
+                    break;
+                }
+                m = messages.next() => m,
+            };
+            let Some(msg) = msg else { break };
+            let Ok(payload) = msg.get_payload::<String>() else {
+                continue;
+            };
+            match parse_published(&payload) {
+                Some(Published::Message(m)) => {
+                    last_seen = last_seen.max(m.id);
+                    inbox.messages(vec![m]);
+                }
+                Some(Published::Presence {
+                    room,
+                    kind,
+                    online,
+                    client,
+                    name,
+                }) => inbox.presence(&room, kind, &name, online, client),
+                None => tracing::warn!("ignored a malformed event from Redis"),
+            }
+        }
+        drop((sink, messages));
+        conn.set_healthy(false);
+        tracing::error!("Redis subscription ended; reconnecting");
+        was_down = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_payloads_parse_with_any_text() {
+        let p = "m\n42\nlobby\n1700\n0000000000000000000000000000000a\nalice\nline1\nline2\n\nend";
+        let Some(Published::Message(m)) = parse_published(p) else {
+            panic!()
+        };
+        assert_eq!(m.id, EventId(42));
+        assert_eq!(m.text, "line1\nline2\n\nend");
+        assert_eq!(m.sender, ClientId(10));
+        let Some(Published::Presence {
+            room,
+            kind,
+            online,
+            client,
+            name,
+        }) = parse_published("p\nleave\nlobby\n3\n0a\nbob")
+        else {
+            panic!()
+        };
+        assert_eq!(room.as_str(), "lobby");
+        assert_eq!(kind, PresenceKind::Leave);
+        assert_eq!(online, 3);
+        assert_eq!(client, ClientId(10));
+        assert_eq!(name.as_str(), "bob");
+        assert!(parse_published("x\n").is_none());
+    }
+}
