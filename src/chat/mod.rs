@@ -12,6 +12,7 @@ pub(crate) mod fanout;
 pub mod history;
 pub(crate) mod hub;
 pub mod message;
+pub mod replay;
 pub mod subscriber;
 pub mod types;
 mod writer;
@@ -26,6 +27,7 @@ use self::fanout::RecvError;
 use self::history::{History, HistoryError, NewMessage};
 use self::hub::{Hub, Subscription};
 use self::message::{messages_after, Event, Format, Message};
+use self::replay::{Fetch, Replay};
 use self::subscriber::EventStream;
 use self::types::{ClientId, DisplayName, EventId, RoomName};
 use self::writer::Writer;
@@ -61,39 +63,57 @@ pub struct Chat {
     cluster: Option<Arc<dyn Cluster>>,
 }
 
-/// A stream, opened: the client's name, how many are online, what it
-/// missed, and the live subscription its body reads.
+/// A stream, opened: the client's name, how many are online, the first
+/// page of what it missed, and the live subscription its body reads.
 pub struct OpenStream {
     pub name: DisplayName,
     pub online: usize,
-    /// Messages after the client's `since` / `Last-Event-ID`, oldest first.
-    pub replay: Vec<Message>,
+    /// Where the stream resumes: the client's `since` / `Last-Event-ID`,
+    /// or the room's newest id if that was beyond it (a history reset or
+    /// restored: an id from the future must not hide what comes next).
+    pub since: Option<EventId>,
+    /// The first page of messages after `since`, oldest first; the body
+    /// reads the rest page by page.
+    first_page: Vec<Message>,
+    chat: Chat,
+    room: RoomName,
     client: ClientId,
     sub: Subscription,
     metrics: Arc<Metrics>,
 }
 
 impl OpenStream {
-    /// The stream's body: `prelude`, then the room's live events newer than
-    /// `last_id`. `guards` are dropped with the stream.
+    /// The stream's body: `prelude`, the replay after `since`, then the
+    /// room's live events newer than what it sent. `guards` are dropped
+    /// with the stream.
     pub fn into_body<G>(
         self,
         prelude: Vec<Bytes>,
         format: Format,
-        last_id: Option<EventId>,
         retry_ms: u64,
         guards: G,
     ) -> EventStream<G> {
-        EventStream::new(
-            self.sub,
-            prelude,
-            self.client,
-            format,
-            last_id,
-            retry_ms,
-            self.metrics,
-            guards,
-        )
+        let OpenStream {
+            since,
+            first_page,
+            chat,
+            room,
+            client,
+            sub,
+            metrics,
+            ..
+        } = self;
+        let body = EventStream::new(
+            sub, prelude, client, format, since, retry_ms, metrics, guards,
+        );
+        if since.is_none() {
+            return body;
+        }
+        let fetch: Fetch = Box::new(move |after| {
+            let (chat, room) = (chat.clone(), room.clone());
+            tokio::spawn(async move { chat.after(&room, Some(after), replay::PAGE).await })
+        });
+        body.with_replay(Replay::new(first_page, fetch))
     }
 }
 
@@ -267,17 +287,45 @@ impl Chat {
             None if self.cluster.is_some() => self.online(room).await,
             None => sub.online,
         };
-        let replay = match since {
-            Some(after) => self.after(room, Some(after), usize::MAX).await?,
-            None => Vec::new(),
+        let (first_page, since) = match since {
+            Some(after) => {
+                let page = self.after(room, Some(after), replay::PAGE).await?;
+                let since = if page.is_empty() {
+                    self.clamped(room, after).await?
+                } else {
+                    Some(after)
+                };
+                (page, since)
+            }
+            None => (Vec::new(), None),
         };
         Ok(OpenStream {
             name: name.clone(),
             online,
-            replay,
+            since,
+            first_page,
+            chat: self.clone(),
+            room: room.clone(),
             client,
             sub,
             metrics: self.hub.metrics().clone(),
+        })
+    }
+
+    /// `since`, or the room's newest id if `since` is beyond it (none if
+    /// the room has no message): after a history reset or a restored
+    /// backup, a client's id may be from the future, and what is newer
+    /// than the room's newest is what it must get.
+    pub async fn clamped(
+        &self,
+        room: &RoomName,
+        since: EventId,
+    ) -> Result<Option<EventId>, ChatError> {
+        let newest = self.last_id(room).await?;
+        Ok(if newest < Some(since) {
+            newest
+        } else {
+            Some(since)
         })
     }
 
@@ -308,6 +356,12 @@ impl Chat {
         if !found.is_empty() {
             return Ok(Newer::Now(found));
         }
+        // Wait for what is newer than the room has, even if the client's
+        // id is from the future.
+        let since = match since {
+            Some(after) => self.clamped(room, after).await?,
+            None => None,
+        };
         Ok(Newer::Later(Waiting {
             chat: self.clone(),
             room: room.clone(),

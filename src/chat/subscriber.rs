@@ -1,5 +1,6 @@
-//! One SSE stream's body: the prelude (retry hint, hello, replay), then the
-//! room's live events, as a `Stream` of shared byte chunks.
+//! One SSE stream's body: the prelude (retry hint, hello), the replay (read
+//! from storage page by page, see [`super::replay`]), then the room's live
+//! events, as a `Stream` of shared byte chunks.
 //!
 //! Per live event the work is: receive an `Arc`, skip it if replay already
 //! covered it, pick the pre-encoded bytes for this viewer. No encoding, no
@@ -16,12 +17,16 @@ use tokio_stream::Stream;
 use super::fanout::{Receiver, RecvError, TryRecvError};
 use super::hub::{Subscription, SubscriptionGuard};
 use super::message::{self, Event, Format};
+use super::replay::{Replay, Step};
 use super::types::{ClientId, EventId};
 use crate::metrics::Metrics;
 
 pub struct EventStream<G> {
     /// Sent before live events; dropped (with its buffer) once sent.
     prelude: Option<std::vec::IntoIter<Bytes>>,
+    /// What the client missed, read from storage a page at a time; live
+    /// events wait in the channel meanwhile.
+    replay: Option<Replay>,
     rx: Receiver<Arc<Event>>,
     viewer: ClientId,
     format: Format,
@@ -51,6 +56,7 @@ impl<G> EventStream<G> {
         let Subscription { rx, guard, .. } = sub;
         EventStream {
             prelude: Some(prelude.into_iter()),
+            replay: None,
             rx,
             viewer,
             format,
@@ -60,6 +66,14 @@ impl<G> EventStream<G> {
             metrics,
             _guards: (guard, guards),
         }
+    }
+}
+
+impl<G> EventStream<G> {
+    /// Sends `replay` after the prelude, before going live.
+    pub fn with_replay(mut self, replay: Replay) -> Self {
+        self.replay = Some(replay);
+        self
     }
 }
 
@@ -143,6 +157,22 @@ impl<G: Unpin> Stream for EventStream<G> {
                 return Poll::Ready(Some(Ok(b)));
             }
             this.prelude = None;
+        }
+        if let Some(replay) = &mut this.replay {
+            let step = replay.poll_step(cx, &mut this.last_id, this.viewer, this.format);
+            match step {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Step::Chunk(b)) => {
+                    this.metrics.bytes_sent_total.inc_by(b.len() as u64);
+                    return Poll::Ready(Some(Ok(b)));
+                }
+                Poll::Ready(Step::Failed(b)) => {
+                    this.done = true;
+                    this.replay = None;
+                    return Poll::Ready(Some(Ok(b)));
+                }
+                Poll::Ready(Step::Done) => this.replay = None,
+            }
         }
         let first = match this.next_frame(Some(cx)) {
             Poll::Ready(Some(b)) => b,

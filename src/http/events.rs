@@ -95,31 +95,22 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
     let client = who.token.id();
     let name = chat.name_for(client, name.as_ref());
     let stream = chat.open_stream(&room, client, &name, since).await?;
-    let (online, replay) = (stream.online, &stream.replay);
+    let online = stream.online;
     let minted = who.minted.then(|| who.token.expose());
-    let mut prelude = Vec::with_capacity(replay.len() + 2);
-    prelude.push(sse::retry(state.config.retry_ms));
-    prelude.push(message::hello_frame(&room, &name, online, minted));
-    for m in replay {
-        prelude.push(m.frame(format, m.sender == client));
-    }
-    let last_id = replay.last().map(|m| m.id).max(since);
+    let prelude = vec![
+        sse::retry(state.config.retry_ms),
+        message::hello_frame(&room, &name, online, minted),
+    ];
     tracing::info!(
-        room = %room, name = %name, online, replayed = replay.len(),
-        peer = ?ctx.peer, "connect"
+        room = %room, name = %name, online, since = ?stream.since,
+        peer = ?ctx.peer, client = ?ctx.client, "connect"
     );
     let log = DisconnectLog {
         room: room.clone(),
         name: name.clone(),
         peer: ctx.peer,
     };
-    let body = stream.into_body(
-        prelude,
-        format,
-        last_id,
-        state.config.retry_ms,
-        (permit, log),
-    );
+    let body = stream.into_body(prelude, format, state.config.retry_ms, (permit, log));
     let mut res = warp::reply::stream(body).into_response();
     let h = res.headers_mut();
     h.insert(

@@ -367,8 +367,11 @@ async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiErro
     };
     let last_id = match messages.last() {
         Some(m) => Some(m.id),
+        // Nothing newer: `since` itself, unless it is beyond the room's
+        // newest id (history reset or restored), then that newest id, so
+        // the client's next `since` finds what comes next.
         None => match since {
-            Some(s) => Some(s),
+            Some(s) => chat.clamped(&room, s).await?,
             None => chat.last_id(&room).await?,
         },
     };

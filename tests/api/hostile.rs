@@ -435,3 +435,125 @@ async fn opening_streams_is_rate_limited_per_address() {
     .await;
     assert_eq!(other.status, 200, "another address has its own bucket");
 }
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn streams_that_do_not_read_a_long_replay_hold_a_page_each_not_the_history() {
+    let server = crate::helpers::spawn_binary(&[
+        "--db",
+        ":memory:",
+        "--post-rate",
+        "0",
+        "--max-streams-per-ip",
+        "0",
+        "--history",
+        "1000",
+    ]);
+    let pid = server.child.id();
+    // 1,000 large messages (2,000 two-byte characters each: 4 kB).
+    let http = reqwest::Client::new();
+    let text = "é".repeat(2000);
+    let posters: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, url, text) = (http.clone(), server.url("/chat/messages"), text.clone());
+            tokio::spawn(async move {
+                for _ in 0..250 {
+                    let r = http
+                        .post(&url)
+                        .json(&json!({"room": "big", "text": text}))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 201);
+                }
+            })
+        })
+        .collect();
+    for p in posters {
+        p.await.unwrap();
+    }
+    let before = rss_kib(pid);
+    // 30 clients ask for all of it and read nothing.
+    let mut sloths = Vec::new();
+    for _ in 0..30 {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(server.addr).await.unwrap();
+        s.write_all(b"GET /chat/events?room=big HTTP/1.1\r\nHost: x\r\nLast-Event-ID: 0\r\n\r\n")
+            .await
+            .unwrap();
+        sloths.push(s);
+    }
+    crate::helpers::wait_metric(&server.base, "ssechat_sse_streams", 30.0).await;
+    // A client that reads gets every message once, in order, then live.
+    let mut reader = events_at(&http, &server.url("/chat/events?room=big&since=0"), &[]).await;
+    reader.expect("hello").await;
+    let mut last = 0u64;
+    for _ in 0..1000 {
+        let e = reader.expect("message").await;
+        let id: u64 = e.last_event_id.parse().unwrap();
+        assert!(id > last, "in order, once");
+        last = id;
+    }
+    let live = server.send("big", "live").await;
+    let e = reader.expect("message").await;
+    assert_eq!(e.last_event_id, live, "then live, nothing twice");
+    let grown = rss_kib(pid).saturating_sub(before);
+    eprintln!("RSS {before} KiB before, +{grown} KiB with 30 non-reading replaying streams");
+    // Before: the whole 4 MB history encoded per stream (17-20 MB each in
+    // release). Now: a page (64 x 4 kB) each, plus allocator slack.
+    assert!(
+        grown < 30 * 1024,
+        "30 non-reading streams grew the server by {grown} KiB"
+    );
+    drop(sloths);
+}
+
+#[tokio::test]
+async fn an_id_from_the_future_hides_nothing() {
+    let app = spawn_app_with(&["--db", ":memory:"]).await;
+    let newest = app.send(None, "fut", "old").await;
+    let future = "9000000000000000000";
+    // A stream resuming from it still gets what comes next.
+    let mut s = app
+        .events_with("room=fut", &[("Last-Event-ID", future)])
+        .await;
+    s.expect("hello").await;
+    let next = app.send(None, "fut", "new").await;
+    let e = s.expect_json("message").await;
+    assert_eq!(
+        (e["id"].as_str().unwrap(), e["text"].as_str().unwrap()),
+        (next.as_str(), "new")
+    );
+    // History answers as if `since` were the newest id.
+    let h = app.history(&format!("room=fut&since={future}")).await;
+    assert_eq!(h["messages"], json!([]));
+    assert_eq!(h["last_id"], next.as_str());
+    assert_ne!(newest, next);
+    // And a long-poll from it is released by the next message.
+    let url = app.url(&format!("/chat/messages?room=fut&since={future}&wait=20"));
+    let http = app.http.clone();
+    let poll = tokio::spawn(async move {
+        http.get(url)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    });
+    crate::helpers::wait_metric(&app.base, "ssechat_long_polls", 1.0).await;
+    let third = app.send(None, "fut", "third").await;
+    let got = tokio::time::timeout(WAIT, poll).await.unwrap().unwrap();
+    assert_eq!(got["messages"][0]["text"], "third");
+    assert_eq!(got["last_id"], third.as_str());
+}
