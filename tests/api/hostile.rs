@@ -557,3 +557,39 @@ async fn an_id_from_the_future_hides_nothing() {
     assert_eq!(got["messages"][0]["text"], "third");
     assert_eq!(got["last_id"], third.as_str());
 }
+
+/// The rooms the welcome page links to, in order.
+async fn listed_rooms(app: &TestApp) -> Vec<String> {
+    let html = app.get("/").await.text().await.unwrap();
+    html.split("href=\"/chat?room=")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap().to_owned())
+        .collect()
+}
+
+async fn welcome_page_lists_the_50_busiest(app: &TestApp) {
+    for i in 0..120 {
+        app.send(None, &format!("r{i:03}"), "x").await;
+    }
+    // People in two old rooms and one without history.
+    let _a = app.subscribe("r005", &token(), "a").await;
+    let _b = app.subscribe("r005", &token(), "b").await;
+    let _c = app.subscribe("quiet", &token(), "c").await;
+    let rooms = listed_rooms(app).await;
+    assert_eq!(rooms.len(), 50, "{rooms:?}");
+    assert_eq!(&rooms[..2], ["r005", "quiet"], "the most people first");
+    // Then the most recently active.
+    assert_eq!(&rooms[2..5], ["r119", "r118", "r117"]);
+    assert!(
+        !rooms.contains(&"r000".to_owned()),
+        "old and empty: not listed"
+    );
+}
+
+#[tokio::test]
+async fn the_welcome_page_lists_at_most_the_50_busiest_rooms() {
+    welcome_page_lists_the_50_busiest(&spawn_app_with(&[]).await).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("w.db");
+    welcome_page_lists_the_50_busiest(&spawn_app_with(&["--db", db.to_str().unwrap()]).await).await;
+}
