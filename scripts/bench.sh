@@ -5,7 +5,7 @@
 # See docs/BENCHMARK.md.
 #
 # Environment:
-#   SCENARIOS="1 2 3 4 5"  which scenarios to run
+#   SCENARIOS="1 2 3 4 5 6 7"  which scenarios to run (6 and 7: crowds)
 #   ROUNDS=3               runs per server and scenario (QUICK: 1)
 #   FANOUT_DB=:memory:     in-memory store for scenarios 1-3 (default: SQLite)
 #   QUICK=1                small numbers, finishes in well under a minute
@@ -18,6 +18,7 @@
 #                          "n/a" when ssechat refuses the --db path)
 #   Scenario sizes: S1_SUBS S1_MSGS S1_INFLIGHT  S2_SUBS S2_RATE S2_MSGS
 #                   S3_CONNS S3_ROOMS  S4_MSGS S4_INFLIGHT
+#                   S6_CONNS  S7_CONNS S7_MSGS S7_RATE
 set -u -o pipefail
 
 cd "$(dirname "$0")/.."
@@ -29,14 +30,18 @@ if [ "$QUICK" = 1 ]; then
     S2_SUBS=${S2_SUBS:-100};   S2_RATE=${S2_RATE:-100};  S2_MSGS=${S2_MSGS:-100}
     S3_CONNS=${S3_CONNS:-1000}; S3_ROOMS=${S3_ROOMS:-10}
     S4_MSGS=${S4_MSGS:-2000};  S4_INFLIGHT=${S4_INFLIGHT:-64}
+    S6_CONNS=${S6_CONNS:-1000}
+    S7_CONNS=${S7_CONNS:-1000}; S7_MSGS=${S7_MSGS:-20}; S7_RATE=${S7_RATE:-50}
 else
     ROUNDS=${ROUNDS:-3}
     S1_SUBS=${S1_SUBS:-1000};  S1_MSGS=${S1_MSGS:-2000}; S1_INFLIGHT=${S1_INFLIGHT:-16}
     S2_SUBS=${S2_SUBS:-1000};  S2_RATE=${S2_RATE:-100};  S2_MSGS=${S2_MSGS:-1000}
     S3_CONNS=${S3_CONNS:-10000}; S3_ROOMS=${S3_ROOMS:-100}
     S4_MSGS=${S4_MSGS:-20000}; S4_INFLIGHT=${S4_INFLIGHT:-64}
+    S6_CONNS=${S6_CONNS:-10000}
+    S7_CONNS=${S7_CONNS:-19000}; S7_MSGS=${S7_MSGS:-100}; S7_RATE=${S7_RATE:-50}
 fi
-SCENARIOS=${SCENARIOS:-"1 2 3 4 5"}
+SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6 7"}
 BIN_DIR=${BIN_DIR:-target/release}
 SQLITE=${SQLITE:-1}
 
@@ -323,6 +328,29 @@ for s in $SCENARIOS; do
         row "5 footprint: stripped binary MiB" 5 ssechat reference .binary_mib 2
         row "5   idle RSS of a fresh server KiB" 5 ssechat reference .idle_rss_kib 0
         row "5   start -> first 200 on /healthz ms" 5 ssechat reference .startup_ms 1
+        ;;
+    6)
+        # Crowds: every subscriber in one room (N distinct clients), and a
+        # watcher that was there first, through the join and leave storms.
+        run_pair 6 300 --idle-only --subscribers "$S6_CONNS" --rooms 1 --watcher
+        row "6 ${S6_CONNS} join one room: all hello'd, s" 6 ssechat reference .connect_s 2
+        row "6   subscribers dropped by the server" 6 ssechat reference '.disconnected + .connect_failed' 0
+        row "6   watcher cut off (runs)" 6 ssechat reference 'if .watcher_cut_off then 1 else 0 end' 0
+        row "6   watcher presence events, join storm" 6 ssechat "" .watcher_presence_join 0
+        row "6   ... per 100 ms window of the storm" 6 ssechat "" '.watcher_presence_join / ([.connect_s * 10, 1] | max)' 2
+        row "6   watcher presence events, leave storm" 6 ssechat "" .watcher_presence_leave 0
+        row "6   all left -> watcher told it is alone, s" 6 ssechat "" .leave_s 2
+        row "6   RSS KiB/conn, all in one room" 6 ssechat reference .rss_kib_per_conn 2
+        ;;
+    7)
+        # A crowd that stays: everybody in one room, then messages at a
+        # fixed rate. Needs an open-files limit above S7_CONNS + 100.
+        run_pair 7 $((S7_MSGS / S7_RATE + 240)) --subscribers "$S7_CONNS" --messages "$S7_MSGS" --rate "$S7_RATE"
+        row "7 ${S7_CONNS} in one room, ${S7_RATE} msg/s: p99 ms" 7 ssechat reference .latency_ms.p99 1
+        row "7   latency p50 ms" 7 ssechat reference .latency_ms.p50 1
+        check_row "7   correctness (sum over rounds)" 7 ssechat reference
+        row "7   subscribers dropped / failed" 7 ssechat reference '.disconnected + .connect_failed' 0
+        row "7   connect all s" 7 ssechat reference .connect_s 2
         ;;
     *) die "unknown scenario $s";;
     esac

@@ -84,19 +84,26 @@ struct Bucket {
     at: Instant,
 }
 
-/// Refusals, with what the client should be told.
-#[derive(Debug, PartialEq, Eq)]
+/// Refusals, each with the one thing the client is told (the HTTP layer
+/// adds the status and the metric label, see `http::error`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
-    /// Over the POST rate (or the stream-opening rate): retry after this
-    /// many seconds.
-    Rate {
-        retry_after: u64,
-    },
+    /// Over the POST rate: retry after this many seconds.
+    #[error("too many messages: slow down and retry in {retry_after} s")]
+    Rate { retry_after: u64 },
+    #[error("the server has too many open streams; retry later")]
     TooManyStreams,
+    #[error("too many open streams from your address; close some and retry")]
     TooManyStreamsFromIp,
+    #[error("too many long-polls waiting; retry later")]
     TooManyLongPolls,
+    #[error("too many long-polls waiting from your address; retry later")]
     TooManyLongPollsFromIp,
+    #[error("too many history reads in flight from your address; read the answers, then retry")]
     TooManyReadsFromIp,
+    /// Over the stream-opening rate of an address.
+    #[error("too many streams opened from your address: slow down and retry in {retry_after} s")]
+    OpeningTooFast { retry_after: u64 },
 }
 
 impl Limits {
@@ -150,6 +157,10 @@ impl Limits {
     /// every open reads history and counts a presence.
     pub fn check_stream_open(&self, ip: Option<IpAddr>) -> Result<(), Refused> {
         self.take_tokens(&[ip.map(|ip| Key::Opens(address_key(ip)))])
+            .map_err(|r| match r {
+                Refused::Rate { retry_after } => Refused::OpeningTooFast { retry_after },
+                other => other,
+            })
     }
 
     fn take_tokens(&self, keys: &[Option<Key>]) -> Result<(), Refused> {

@@ -27,6 +27,7 @@ pub enum Reason {
     shutting_down,
     storage_unavailable,
     not_found,
+    internal,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -76,28 +76,23 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let stop = |cancel: &CancellationToken, tracker: &TaskTracker| {
-            cancel.cancel();
-            tracker.close();
-            let tracker = tracker.clone();
-            async move { tracker.wait().await }
-        };
         let chat = match start_chat(&config, &metrics, &cancel, &tracker).await {
             Ok(chat) => chat,
             Err(e) => {
-                stop(&cancel, &tracker).await;
+                stop_started(&cancel, &tracker).await;
                 return Err(e);
             }
         };
         let addr = SocketAddr::new(config.host, config.port);
-        let bound = match TcpListener::bind(addr).await {
-            Ok(listener) => listener.local_addr().map(|addr| (listener, addr)),
-            Err(e) => Err(e),
+        let bound = async {
+            let listener = TcpListener::bind(addr).await?;
+            let addr = listener.local_addr()?;
+            Ok::<_, std::io::Error>((listener, addr))
         };
-        let (listener, addr) = match bound {
+        let (listener, addr) = match bound.await {
             Ok(bound) => bound,
             Err(source) => {
-                stop(&cancel, &tracker).await;
+                stop_started(&cancel, &tracker).await;
                 chat.close().await;
                 return Err(StartupError::Bind { addr, source });
             }
@@ -321,6 +316,14 @@ where
     fn shut_down(self: Pin<&mut Self>) {
         self.graceful_shutdown();
     }
+}
+
+/// Ends what `build` started before it failed, so a failed start leaves
+/// nothing running.
+async fn stop_started(cancel: &CancellationToken, tracker: &TaskTracker) {
+    cancel.cancel();
+    tracker.close();
+    tracker.wait().await;
 }
 
 /// Opens the history and starts the chat; in cluster mode also the Redis

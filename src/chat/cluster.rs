@@ -2,9 +2,10 @@
 //! chat, and the entry point through which the cluster delivers to it.
 //!
 //! The domain owns both sides. A cluster implementation (the Redis
-//! adapter in the store module) implements [`Cluster`] (presence, the cluster-wide online count,
-//! health) and feeds what every node hears into an [`Inbox`]; it never
-//! touches the hub. Publishing needs no method of its own: a clustered
+//! adapter in the store module) implements [`Cluster`] (presence, the
+//! cluster-wide online count, health) and feeds what every node hears into
+//! an [`Inbox`]; it never touches the hub. The presence types the port
+//! speaks in are re-exported here, so an adapter needs nothing else. Publishing needs no method of its own: a clustered
 //! history publishes each message as it stores it (atomically, so the
 //! publish order is the id order) and every node, the appending one
 //! included, receives it back through its inbox. The writer then leaves
@@ -13,9 +14,12 @@
 use std::sync::Arc;
 
 use super::history::History;
-use super::hub::{ClusterPresence, Hub};
-use super::message::{Event, Message, PresenceKind};
-use super::types::{ClientId, DisplayName, EventId, RoomName};
+use super::hub::Hub;
+
+pub use super::hub::{ClusterPresence, Joined, PresenceBatch};
+use super::message::Message;
+pub use super::presence::PRESENCE_GATHER;
+use super::types::{DisplayName, EventId, RoomName};
 
 /// Cluster-wide presence and health. Presence calls (from
 /// [`ClusterPresence`]) must not block: they queue work and return. The
@@ -29,6 +33,9 @@ pub trait Cluster: ClusterPresence + Send + Sync + 'static {
     /// round trip, not one per room), or `None` if the cluster does not
     /// answer.
     fn online_many(&self, rooms: &[RoomName]) -> Option<Vec<usize>>;
+    /// The count and up to `limit` names, sorted (a sample when there are
+    /// more), or `None` if the cluster does not answer.
+    fn online_names(&self, room: &RoomName, limit: usize) -> Option<(usize, Vec<DisplayName>)>;
 
     /// Whether this node hears the cluster (its subscription is up).
     fn is_healthy(&self) -> bool;
@@ -58,17 +65,11 @@ impl Inbox {
         self.hub.publish(messages);
     }
 
-    /// A join or leave the cluster counted, to the room's streams here.
-    pub fn presence(
-        &self,
-        room: &RoomName,
-        kind: PresenceKind,
-        name: &DisplayName,
-        online: usize,
-        about: ClientId,
-    ) {
-        self.hub
-            .broadcast(room, Event::presence(kind, name, online, about));
+    /// A room's presence changes (and typing) as the cluster ordered
+    /// them, to the room's streams here: they wait in the room's gathering
+    /// window like local ones would.
+    pub fn presence(&self, batch: PresenceBatch) {
+        self.hub.cluster_batch(batch);
     }
 
     /// After this node stopped hearing the cluster for a while: delivers

@@ -175,17 +175,6 @@ impl<T> Waker<T> {
         count
     }
 
-    /// Drops what every receiver has read, without waking anyone: for
-    /// after the woken ones have had time to read.
-    pub fn trim(&self) {
-        let slowest = lock(&self.shared.receivers)
-            .iter()
-            .map(|(_, slot)| slot.read_to.load(Acquire))
-            .min()
-            .unwrap_or(u64::MAX);
-        self.drop_read_to(slowest);
-    }
-
     /// Drops what every receiver has read (all of it if none is left).
     fn drop_read_to(&self, slowest: u64) {
         let mut ring = lock(&self.shared.ring);
@@ -349,18 +338,6 @@ mod tests {
             .unwrap();
         assert_eq!(got, Ok(7));
         assert_eq!(late.try_recv(), Err(TryRecvError::Empty));
-    }
-
-    #[test]
-    fn trim_drops_what_was_read_since_the_wake() {
-        let tx = channel(8);
-        let mut rx = tx.subscribe();
-        let value = Arc::new(());
-        tx.send(value.clone());
-        assert_eq!(Arc::strong_count(&value), 2, "kept until read");
-        assert!(rx.try_recv().is_ok());
-        tx.waker().trim();
-        assert_eq!(Arc::strong_count(&value), 1, "read by all: dropped");
     }
 
     #[test]

@@ -1,13 +1,19 @@
-//! The live side of the chat: rooms, their broadcast channels and presence.
+//! The live side of the chat: rooms, their broadcast channels, presence
+//! and typing.
 //!
 //! `Hub` is a cheap `Clone` handle around `Arc<Shared>` (as in mini-redis).
 //! All live state sits behind one std `Mutex`: every critical section is a
-//! few map operations and a non-blocking `fanout::Sender::send`, never an
-//! `.await`, so a blocking mutex is both correct and faster than an async one.
+//! few map operations and non-blocking pushes, never an `.await`, so a
+//! blocking mutex is both correct and faster than an async one.
 //!
 //! A room exists here only while something watches it (an SSE stream or a
 //! long-poll); the last guard to drop removes it, so rooms that come and go
 //! cost nothing. History is not here: it is in the store.
+//!
+//! Messages travel through each room's [`fanout`] ring. Presence and
+//! typing do not: they are gathered per room and published on the room's
+//! [`Board`] (see [`super::presence`]), so a crowd arriving costs each
+//! stream one write per window and never fills its buffer.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,23 +22,18 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::oneshot;
 
 use super::fanout;
-
-use super::message::{Event, Message, MessageFrames, PresenceKind};
+use super::message::{Change, Event, Message, MessageFrames, PresenceKind, Tally};
+pub use super::presence::PRESENCE_GATHER;
+use super::presence::{Board, RoomPresence, TypingLimiter};
 use super::types::{ClientId, DisplayName, RoomName};
 use crate::metrics::Metrics;
+
+mod gather;
 
 /// Names remembered for clients that set one; beyond this, arbitrary old
 /// entries are forgotten (the page sends its name with every request, so a
 /// forgotten name comes back on the client's next request).
 const MAX_REMEMBERED_NAMES: usize = 100_000;
-
-/// How long join and leave events wait in a room's channel for company
-/// before the room's streams are woken (anything else sent meanwhile wakes
-/// them sooner). Everyone reconnecting at once after a restart then costs
-/// each stream one write per burst of joins instead of one per join:
-/// 10,000 clients in rooms of 100 connect in 0.9 s instead of 4.2 s
-/// (20 ms gave 3.5 s). A tenth of a second is not seen by people.
-pub(crate) const PRESENCE_GATHER: std::time::Duration = std::time::Duration::from_millis(100);
 
 #[derive(Clone)]
 pub struct Hub {
@@ -41,51 +42,83 @@ pub struct Hub {
 
 struct Shared {
     state: Mutex<State>,
-    /// Events a subscriber may fall behind before it is cut off. Bounds the
-    /// memory a slow reader can pin: the channel keeps at most this many.
+    /// Messages a subscriber may fall behind before it is cut off. Bounds
+    /// the memory a slow reader can pin: the channel keeps at most this many.
     capacity: usize,
     shutting_down: AtomicBool,
     keepalive: Arc<Event>,
     metrics: Arc<Metrics>,
-    /// In cluster mode presence is counted in Redis and join/leave events
-    /// come back through it; the hub then only tracks this node's streams
-    /// and tells the cluster when a client's first stream here opens and
-    /// its last one closes. Both calls are made under the hub lock, so the
-    /// cluster sees them in the order they happened.
+    /// In cluster mode presence is counted in Redis and changes come back
+    /// from it in batches ([`Hub::cluster_batch`]); the hub then tells the
+    /// cluster when a client's first stream here opens and its last one
+    /// closes. Both calls are made under the hub lock, so the cluster sees
+    /// them in the order they happened.
     cluster: OnceLock<Arc<dyn ClusterPresence>>,
+}
+
+/// What the cluster answers a join: the cluster-wide online count and the
+/// room's tally, both counting the join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Joined {
+    pub online: usize,
+    pub tally: Tally,
 }
 
 /// Cluster-wide presence, as the hub needs it. Calls must not block: they
 /// queue work and return.
 pub trait ClusterPresence: Send + Sync {
-    /// The client's first stream on this node opened; the receiver yields
-    /// the cluster-wide online count.
+    /// The client's first stream on this node opened.
     fn join(
         &self,
         room: &RoomName,
         client: ClientId,
         name: &DisplayName,
-    ) -> oneshot::Receiver<usize>;
+    ) -> oneshot::Receiver<Joined>;
     /// The client's last stream on this node closed.
     fn leave(&self, room: &RoomName, client: ClientId);
+    /// The client is typing in the room (already rate-limited here).
+    fn typing(&self, room: &RoomName, client: ClientId, name: &DisplayName);
+}
+
+/// A room's presence changes as the cluster ordered them.
+#[derive(Debug, Clone)]
+pub struct PresenceBatch {
+    pub room: RoomName,
+    /// The room's tally before and after the batch.
+    pub from: Tally,
+    pub to: Tally,
+    pub online: usize,
+    pub changes: Vec<Change>,
+    pub typing: Vec<(ClientId, DisplayName)>,
 }
 
 #[derive(Default)]
 struct State {
     rooms: HashMap<RoomName, Room>,
     names: HashMap<ClientId, DisplayName>,
+    typing: TypingLimiter,
 }
 
 struct Room {
     tx: fanout::Sender<Arc<Event>>,
-    /// Clients with at least one open stream, and how many each has.
+    /// Clients with at least one open stream on this node, and how many
+    /// each has.
     presence: HashMap<ClientId, Presence>,
     /// Receivers handed out (streams and long-polls).
     watchers: usize,
-    /// Presence events wait in the channel; a wake-up is on its way.
-    wake_pending: bool,
-    /// Presence events put in the channel since the last wake-up.
-    unwoken: usize,
+    live: RoomPresence,
+    /// Cluster mode: the room's cluster-wide count, as Redis last said.
+    cluster_online: usize,
+}
+
+impl Room {
+    fn online(&self, clustered: bool) -> usize {
+        if clustered {
+            self.cluster_online
+        } else {
+            self.presence.len()
+        }
+    }
 }
 
 struct Presence {
@@ -107,8 +140,13 @@ pub struct Subscription {
     pub online: usize,
     /// This is the client's first stream in the room on this node.
     pub first: bool,
-    /// Cluster mode: the cluster-wide online count, once Redis answers.
-    pub cluster_online: Option<oneshot::Receiver<usize>>,
+    /// Cluster mode: the cluster-wide count and tally, once Redis answers.
+    pub cluster_online: Option<oneshot::Receiver<Joined>>,
+    /// The room's presence and typing, and what this stream's hello
+    /// counted of them (its own join included).
+    pub board: Arc<Board>,
+    pub seen: Tally,
+    pub typing_seen: u64,
 }
 
 pub struct SubscriptionGuard {
@@ -153,6 +191,10 @@ impl Drop for SubscriptionGuard {
     }
 }
 
+/// Too many typing notices: retry after this many seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TypingTooOften(pub u64);
+
 impl Hub {
     pub fn new(capacity: usize, metrics: Arc<Metrics>) -> Self {
         Hub {
@@ -167,10 +209,14 @@ impl Hub {
         }
     }
 
-    /// Switches presence to cluster mode: join/leave events are no longer
-    /// made here but arrive through `broadcast`.
+    /// Switches presence to cluster mode: changes are no longer made here
+    /// but arrive through [`Hub::cluster_batch`].
     pub fn set_cluster(&self, cluster: Arc<dyn ClusterPresence>) {
         let _ = self.shared.cluster.set(cluster);
+    }
+
+    fn clustered(&self) -> bool {
+        self.shared.cluster.get().is_some()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -183,8 +229,8 @@ impl Hub {
         &self.shared.metrics
     }
 
-    /// Opens an SSE stream's subscription. The join event goes to the room's
-    /// other streams before this one subscribes, so it never sees its own.
+    /// Opens an SSE stream's subscription. The stream's tally counts its
+    /// own join, so it never hears of it.
     pub fn open_stream(
         &self,
         room: &RoomName,
@@ -209,13 +255,19 @@ impl Hub {
             match self.shared.cluster.get() {
                 Some(cluster) => cluster_online = Some(cluster.join(room, client, name)),
                 None => {
-                    let event = Event::presence(PresenceKind::Join, name, online, client);
-                    self.presence_event(room, r, event);
+                    r.live.window.change(Change {
+                        kind: PresenceKind::Join,
+                        name: name.clone(),
+                        about: client,
+                    });
+                    self.schedule_flush(room, r);
                 }
             }
         }
         r.watchers += 1;
         let rx = r.tx.subscribe();
+        let board = r.live.board.clone();
+        let (seen, typing_seen) = (r.live.window.tally, board.typing_seq());
         drop(state);
         self.shared.metrics.sse_streams.inc();
         Ok(Subscription {
@@ -228,6 +280,9 @@ impl Hub {
             online,
             first,
             cluster_online,
+            board,
+            seen,
+            typing_seen,
         })
     }
 
@@ -251,6 +306,9 @@ impl Hub {
             online,
             first: false,
             cluster_online: None,
+            board: r.live.board.clone(),
+            seen: r.live.window.tally,
+            typing_seen: r.live.board.typing_seq(),
         })
     }
 
@@ -260,8 +318,8 @@ impl Hub {
             tx: fanout::channel(capacity),
             presence: HashMap::new(),
             watchers: 0,
-            wake_pending: false,
-            unwoken: 0,
+            live: RoomPresence::new(),
+            cluster_online: 0,
         })
     }
 
@@ -280,10 +338,13 @@ impl Hub {
                     if let Some(name) = name {
                         if let Some(cluster) = self.shared.cluster.get() {
                             cluster.leave(room, client);
-                        } else {
-                            let online = r.presence.len();
-                            let event = Event::presence(PresenceKind::Leave, &name, online, client);
-                            self.presence_event(room, r, event);
+                        } else if r.watchers > 0 {
+                            r.live.window.change(Change {
+                                kind: PresenceKind::Leave,
+                                name,
+                                about: client,
+                            });
+                            self.schedule_flush(room, r);
                         }
                     }
                 }
@@ -292,47 +353,6 @@ impl Hub {
         if r.watchers == 0 {
             state.rooms.remove(room);
         }
-    }
-
-    /// Puts a join or leave event in the room's channel and makes sure the
-    /// streams wake within [`PRESENCE_GATHER`]: one timer per room and
-    /// burst, none while the room is quiet.
-    fn presence_event(&self, room: &RoomName, r: &mut Room, event: Event) {
-        let event = Arc::new(event);
-        let (events, len) = Self::counts(&event);
-        count_delivered(&self.shared.metrics, r.tx.receiver_count(), events, len);
-        r.tx.push(event);
-        r.unwoken += 1;
-        // A burst must not fill the channel while nobody reads it: streams
-        // would fall more than the capacity behind and be cut off.
-        let full_enough = r.unwoken >= (self.shared.capacity / 4).max(1);
-        let runtime = tokio::runtime::Handle::try_current();
-        if full_enough || runtime.is_err() {
-            r.unwoken = 0;
-            r.tx.waker().wake_all();
-            return;
-        }
-        if r.wake_pending {
-            return;
-        }
-        let Ok(runtime) = runtime else { return };
-        r.wake_pending = true;
-        let (hub, room, waker) = (self.clone(), room.clone(), r.tx.waker());
-        runtime.spawn(async move {
-            tokio::time::sleep(PRESENCE_GATHER).await;
-            // Cleared first: an event pushed after this point schedules
-            // its own wake-up; one pushed before is covered by this one.
-            if let Some(r) = hub.lock().rooms.get_mut(&room) {
-                r.wake_pending = false;
-                r.unwoken = 0;
-            }
-            waker.wake_all();
-            // The woken streams have read by now, most likely: let the
-            // burst's events go (a quiet room would otherwise keep them
-            // until its next event, the keep-alive at the latest).
-            tokio::time::sleep(PRESENCE_GATHER).await;
-            waker.trim();
-        });
     }
 
     /// Delivers stored messages, in the order given (which must be id order
@@ -349,6 +369,9 @@ impl Hub {
     /// one already open finds them when it looks. [`Staged::wake`] wakes
     /// the waiting ones; the writer thread stages before it answers the
     /// POSTs and leaves the waking (a thousand wakes) to a runtime task.
+    ///
+    /// A room's pending presence is published first: streams write it
+    /// before the messages, and the message does not wait for the window.
     pub fn stage(&self, messages: Vec<Message>) -> Staged {
         // Encode outside the lock: the lock only covers the pushes.
         let mut by_room: Vec<(RoomName, Vec<MessageFrames>)> = Vec::new();
@@ -360,11 +383,16 @@ impl Hub {
                 None => by_room.push((room.clone(), vec![frames])),
             }
         }
-        let state = self.lock();
+        let clustered = self.clustered();
+        let mut state = self.lock();
         let rooms = by_room
             .into_iter()
             .filter_map(|(room, list)| {
-                let r = state.rooms.get(&room)?;
+                let r = state.rooms.get_mut(&room)?;
+                if !r.live.window.is_empty() {
+                    // Woken below with the messages.
+                    let _ = self.flush_window(r, clustered);
+                }
                 let event = Arc::new(Event::Messages(list));
                 let counts = Self::counts(&event);
                 r.tx.push(event);
@@ -385,24 +413,7 @@ impl Hub {
     fn counts(event: &Event) -> (usize, usize) {
         match event {
             Event::Messages(list) => (list.len(), list.iter().map(MessageFrames::common_len).sum()),
-            Event::Presence { json, .. } => (1, json.len()),
             _ => (0, 0),
-        }
-    }
-
-    /// Sends an event and counts it, fanned out to `n` receivers, once per
-    /// event: no atomic increments on the per-subscriber path.
-    fn sent(&self, tx: &fanout::Sender<Arc<Event>>, event: Arc<Event>) {
-        let (events, len) = Self::counts(&event);
-        let n = tx.send(event);
-        count_delivered(&self.shared.metrics, n, events, len);
-    }
-
-    /// Sends an event to a room's streams on this node (cluster presence).
-    pub fn broadcast(&self, room: &RoomName, event: Event) {
-        let state = self.lock();
-        if let Some(r) = state.rooms.get(room) {
-            self.sent(&r.tx, Arc::new(event));
         }
     }
 
@@ -476,6 +487,7 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chat::message::Format;
     use crate::chat::types::EventId;
 
     fn hub() -> Hub {
@@ -503,12 +515,16 @@ mod tests {
         assert_eq!(hub.online(&room), 2);
         drop(a2);
         assert_eq!(hub.online(&room), 1);
-        match &*b.rx.try_recv().unwrap() {
-            Event::Presence { text, .. } => assert!(std::str::from_utf8(text)
-                .unwrap()
-                .contains("a left (1 online)")),
-            _ => panic!("expected leave"),
-        }
+        // No runtime here: each change is published at once.
+        let latest = b.board.latest();
+        let text = latest.frame_for(b.seen, Format::Text).unwrap();
+        assert!(std::str::from_utf8(&text)
+            .unwrap()
+            .contains("a left (1 online)"));
+        assert!(
+            b.rx.try_recv().is_err(),
+            "presence is not in the message ring"
+        );
         drop(b);
         assert_eq!(
             hub.live_rooms(),
@@ -521,10 +537,33 @@ mod tests {
     fn a_stream_does_not_see_its_own_join() {
         let hub = hub();
         let room = RoomName::lobby();
-        let mut a = hub.open_stream(&room, ClientId(1), &name("a")).unwrap();
-        let mut b = hub.open_stream(&room, ClientId(2), &name("b")).unwrap();
-        assert!(matches!(&*a.rx.try_recv().unwrap(), Event::Presence { .. }));
-        assert!(b.rx.try_recv().is_err());
+        let a = hub.open_stream(&room, ClientId(1), &name("a")).unwrap();
+        let b = hub.open_stream(&room, ClientId(2), &name("b")).unwrap();
+        assert!(a.board.presence_after(a.seen), "a hears of b");
+        assert!(
+            !b.board.presence_after(b.seen),
+            "b counted itself in its hello"
+        );
+    }
+
+    #[test]
+    fn online_names_are_the_first_alphabetically() {
+        let hub = hub();
+        let room = RoomName::lobby();
+        let _subs: Vec<_> = (0..50)
+            .map(|i| {
+                let n = name(&format!("n{:02}", 49 - i));
+                hub.open_stream(&room, ClientId(i), &n).unwrap()
+            })
+            .collect();
+        let (online, names) = hub.online_names(&room, 5);
+        assert_eq!(online, 50);
+        let names: Vec<&str> = names.iter().map(DisplayName::as_str).collect();
+        assert_eq!(names, ["n00", "n01", "n02", "n03", "n04"]);
+        assert_eq!(
+            hub.online_names(&RoomName::parse("none").unwrap(), 5),
+            (0, vec![])
+        );
     }
 
     #[test]

@@ -79,13 +79,6 @@ pub enum Format {
 pub enum Event {
     /// Messages of one room, in id order, published together.
     Messages(Vec<MessageFrames>),
-    /// A join or leave: the same bytes for everyone in each format. Not
-    /// shown to the client it is about (its own streams know it is here).
-    Presence {
-        json: Bytes,
-        text: Bytes,
-        about: ClientId,
-    },
     /// Time for a keep-alive comment (one shared tick for all streams, so
     /// an idle stream costs no timer of its own).
     Keepalive,
@@ -145,32 +138,150 @@ pub enum PresenceKind {
     Leave,
 }
 
-impl Event {
-    pub fn presence(
-        kind: PresenceKind,
-        name: &DisplayName,
-        online: usize,
-        about: ClientId,
-    ) -> Event {
-        #[derive(Serialize)]
-        struct Presence<'a> {
-            name: &'a DisplayName,
-            online: usize,
-        }
-        let (event, verb) = match kind {
-            PresenceKind::Join => ("join", "joined"),
-            PresenceKind::Leave => ("leave", "left"),
-        };
-        let json = serde_json::to_string(&Presence { name, online }).expect("serialises");
-        Event::Presence {
-            json: Frame::new().event(event).data(&json).finish(),
-            text: Frame::new()
-                .event(event)
-                .data(&format!(">> {name} {verb} ({online} online)"))
-                .finish(),
-            about,
+/// One change of a room's presence: a client's first stream opened, or
+/// its last one closed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub kind: PresenceKind,
+    pub name: DisplayName,
+    pub about: ClientId,
+}
+
+/// How many joins and leaves a room has seen, ever: monotonic, so the
+/// difference of two tallies is what changed between them, and a stream
+/// needs only the tally it last told its client about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub joined: u64,
+    pub left: u64,
+}
+
+impl Tally {
+    /// The position in the room's sequence of changes.
+    pub fn seq(self) -> u64 {
+        self.joined + self.left
+    }
+
+    pub fn count(&mut self, kind: PresenceKind) {
+        match kind {
+            PresenceKind::Join => self.joined += 1,
+            PresenceKind::Leave => self.left += 1,
         }
     }
+}
+
+/// Names listed in a `presence` summary, per list.
+pub const SUMMARY_NAMES: usize = 10;
+
+/// The presence event telling a viewer who saw the room at `from` what
+/// changed up to `to`, `online` people now. `changes` are the known
+/// changes just before `to`, in arrival order (the last ones of the
+/// span; earlier ones may be unknown). One change gives the familiar
+/// `join`/`leave`; more give one `presence` summary. `None` if nothing
+/// changed. Returns the JSON and the text rendering.
+pub fn presence_frames(
+    from: Tally,
+    to: Tally,
+    changes: &[Change],
+    online: usize,
+) -> Option<(Bytes, Bytes)> {
+    let joined = to.joined.saturating_sub(from.joined);
+    let left = to.left.saturating_sub(from.left);
+    // Only the changes inside the span (the viewer may know some already).
+    let span = (joined + left) as usize;
+    let changes = &changes[changes.len().saturating_sub(span)..];
+    match (joined + left, changes) {
+        (0, _) => None,
+        (1, [one]) => Some(single_frames(one, online)),
+        _ => Some(summary_frames(joined, left, changes, online)),
+    }
+}
+
+fn single_frames(change: &Change, online: usize) -> (Bytes, Bytes) {
+    #[derive(Serialize)]
+    struct Presence<'a> {
+        name: &'a DisplayName,
+        online: usize,
+    }
+    let name = &change.name;
+    let (event, verb) = match change.kind {
+        PresenceKind::Join => ("join", "joined"),
+        PresenceKind::Leave => ("leave", "left"),
+    };
+    let json = serde_json::to_string(&Presence { name, online }).expect("serialises");
+    (
+        Frame::new().event(event).data(&json).finish(),
+        Frame::new()
+            .event(event)
+            .data(&format!(">> {name} {verb} ({online} online)"))
+            .finish(),
+    )
+}
+
+fn summary_frames(joined: u64, left: u64, changes: &[Change], online: usize) -> (Bytes, Bytes) {
+    #[derive(Serialize)]
+    struct Summary<'a> {
+        online: usize,
+        joined: u64,
+        left: u64,
+        names_joined: Vec<&'a DisplayName>,
+        names_left: Vec<&'a DisplayName>,
+    }
+    let names = |kind| {
+        changes
+            .iter()
+            .filter(|c| c.kind == kind)
+            .map(|c| &c.name)
+            .take(SUMMARY_NAMES)
+            .collect()
+    };
+    let json = serde_json::to_string(&Summary {
+        online,
+        joined,
+        left,
+        names_joined: names(PresenceKind::Join),
+        names_left: names(PresenceKind::Leave),
+    })
+    .expect("serialises");
+    let mut parts = Vec::with_capacity(2);
+    if joined > 0 {
+        parts.push(format!("{} joined", thousands(joined)));
+    }
+    if left > 0 {
+        parts.push(format!("{} left", thousands(left)));
+    }
+    let text = format!(
+        ">> {} ({} online)",
+        parts.join(", "),
+        thousands(online as u64)
+    );
+    (
+        Frame::new().event("presence").data(&json).finish(),
+        Frame::new().event("presence").data(&text).finish(),
+    )
+}
+
+/// `1234567` → `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+/// `event: typing` with `{"name"}`: JSON streams only.
+pub fn typing_frame(name: &DisplayName) -> Bytes {
+    #[derive(Serialize)]
+    struct Typing<'a> {
+        name: &'a DisplayName,
+    }
+    let json = serde_json::to_string(&Typing { name }).expect("serialises");
+    Frame::new().event("typing").data(&json).finish()
 }
 
 /// The first event of every stream.
@@ -271,18 +382,89 @@ mod tests {
         assert_eq!(a, b);
     }
 
+    fn change(kind: PresenceKind, name: &str, about: u128) -> Change {
+        Change {
+            kind,
+            name: DisplayName::parse(name).unwrap(),
+            about: ClientId(about),
+        }
+    }
+
+    fn tally(joined: u64, left: u64) -> Tally {
+        Tally { joined, left }
+    }
+
     #[test]
-    fn presence_text_reads_naturally() {
-        let name = DisplayName::parse("bob").unwrap();
-        let Event::Presence { json, text, .. } =
-            Event::presence(PresenceKind::Join, &name, 2, ClientId(1))
-        else {
-            unreachable!()
-        };
+    fn one_change_is_the_familiar_join_or_leave() {
+        let bob = [change(PresenceKind::Join, "bob", 1)];
+        let (json, text) = presence_frames(tally(4, 3), tally(5, 3), &bob, 2).unwrap();
         assert_eq!(parse_one(&text).data, ">> bob joined (2 online)");
         let j = parse_one(&json);
         assert_eq!(j.event, "join");
         assert_eq!(j.data, r#"{"name":"bob","online":2}"#);
         assert!(!j.has_id, "presence events carry no id");
+        let gone = [change(PresenceKind::Leave, "bob", 1)];
+        let (json, text) = presence_frames(tally(5, 3), tally(5, 4), &gone, 1).unwrap();
+        assert_eq!(parse_one(&json).event, "leave");
+        assert_eq!(parse_one(&text).data, ">> bob left (1 online)");
+        assert!(presence_frames(tally(5, 3), tally(5, 3), &gone, 1).is_none());
+    }
+
+    #[test]
+    fn more_changes_are_one_summary_with_at_most_ten_names_each() {
+        let mut changes: Vec<Change> = (0..1500)
+            .map(|i| change(PresenceKind::Join, &format!("p{i}"), i))
+            .collect();
+        changes.insert(3, change(PresenceKind::Leave, "early", 9999));
+        changes.push(change(PresenceKind::Leave, "x", 10000));
+        changes.push(change(PresenceKind::Leave, "y", 10001));
+        let (json, text) = presence_frames(tally(0, 0), tally(1500, 3), &changes, 1501).unwrap();
+        let t = parse_one(&text);
+        assert_eq!(t.event, "presence");
+        assert_eq!(t.data, ">> 1,500 joined, 3 left (1,501 online)");
+        let v: serde_json::Value = serde_json::from_str(&parse_one(&json).data).unwrap();
+        assert_eq!(v["online"], 1501);
+        assert_eq!(v["joined"], 1500);
+        assert_eq!(v["left"], 3);
+        let joined: Vec<&str> = v["names_joined"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap())
+            .collect();
+        assert_eq!(joined, (0..10).map(|i| format!("p{i}")).collect::<Vec<_>>());
+        assert_eq!(v["names_left"], serde_json::json!(["early", "x", "y"]));
+    }
+
+    #[test]
+    fn a_span_takes_only_its_own_changes_and_reads_without_zero_parts() {
+        let changes = [
+            change(PresenceKind::Join, "a", 1),
+            change(PresenceKind::Join, "b", 2),
+            change(PresenceKind::Join, "c", 3),
+        ];
+        // The viewer knew of a already: b and c are news.
+        let (json, text) = presence_frames(tally(1, 0), tally(3, 0), &changes, 3).unwrap();
+        assert_eq!(parse_one(&text).data, ">> 2 joined (3 online)");
+        let v: serde_json::Value = serde_json::from_str(&parse_one(&json).data).unwrap();
+        assert_eq!(v["names_joined"], serde_json::json!(["b", "c"]));
+        // Only c is news: the familiar join.
+        let (json, _) = presence_frames(tally(2, 0), tally(3, 0), &changes, 3).unwrap();
+        assert_eq!(parse_one(&json).data, r#"{"name":"c","online":3}"#);
+    }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1_234_567), "1,234,567");
+    }
+
+    #[test]
+    fn typing_is_json_with_the_name() {
+        let e = parse_one(&typing_frame(&DisplayName::parse("al\"x").unwrap()));
+        assert_eq!(e.event, "typing");
+        assert_eq!(e.data, r#"{"name":"al\"x"}"#);
     }
 }

@@ -12,6 +12,7 @@ pub(crate) mod fanout;
 pub mod history;
 pub(crate) mod hub;
 pub mod message;
+pub mod presence;
 pub mod replay;
 pub mod subscriber;
 pub mod types;
@@ -34,6 +35,7 @@ use self::types::{ClientId, DisplayName, EventId, RoomName};
 use self::writer::Writer;
 use crate::metrics::Metrics;
 
+pub use self::hub::TypingTooOften;
 pub use self::writer::Accepted;
 
 /// Rooms the welcome page lists at most.
@@ -125,8 +127,9 @@ impl OpenStream {
 pub enum Newer {
     /// Messages are there already: answer at once.
     Now(Vec<Message>),
-    /// Nothing yet: wait with [`Waiting::until`].
-    Later(Waiting),
+    /// Nothing yet: wait with [`Waiting::until`] (boxed: a subscription
+    /// is much larger than a list).
+    Later(Box<Waiting>),
 }
 
 /// A long-poll watching its room for messages newer than it has.
@@ -251,6 +254,34 @@ impl Chat {
         }
     }
 
+    /// The online count and the first `limit` names (alphabetical): from
+    /// the cluster in cluster mode (a sorted sample of names), else this
+    /// node's; this node's if the cluster does not answer.
+    pub async fn online_names(&self, room: &RoomName, limit: usize) -> (usize, Vec<DisplayName>) {
+        let local = self.hub.online_names(room, limit);
+        let Some(cluster) = self.cluster.clone() else {
+            return local;
+        };
+        let room = room.clone();
+        match tokio::task::spawn_blocking(move || cluster.online_names(&room, limit)).await {
+            Ok(Some(remote)) => remote,
+            _ => local,
+        }
+    }
+
+    /// A client is typing in a room: the room's other JSON streams hear of
+    /// it within a gathering window. At most one per client per 2 s (and a
+    /// few per address); refused with the seconds to wait.
+    pub fn typing(
+        &self,
+        room: &RoomName,
+        client: ClientId,
+        name: &DisplayName,
+        ip: Option<std::net::IpAddr>,
+    ) -> Result<(), hub::TypingTooOften> {
+        self.hub.typing(room, client, name, ip)
+    }
+
     /// The busiest rooms, at most [`LISTED_ROOMS`], each with its online
     /// count: the most people online first, then the most recently
     /// active. Anyone may create rooms, so the list is bounded and costs
@@ -320,12 +351,17 @@ impl Chat {
             .hub
             .open_stream(room, client, name)
             .map_err(|_| ChatError::ShuttingDown)?;
+        // Cluster mode: the hello waits for the cluster to count the join
+        // (within a gathering window); the stream then hears of every
+        // change after it, and not of its own join.
         let online = match sub.cluster_online.take() {
-            Some(rx) => tokio::time::timeout(CLUSTER_ONLINE_WAIT, rx)
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or(sub.online),
+            Some(rx) => match tokio::time::timeout(CLUSTER_ONLINE_WAIT, rx).await {
+                Ok(Ok(joined)) => {
+                    sub.seen = joined.tally;
+                    joined.online
+                }
+                _ => sub.online,
+            },
             None if self.cluster.is_some() => self.online(room).await,
             None => sub.online,
         };
@@ -404,13 +440,13 @@ impl Chat {
             Some(after) => self.clamped(room, after).await?,
             None => None,
         };
-        Ok(Newer::Later(Waiting {
+        Ok(Newer::Later(Box::new(Waiting {
             chat: self.clone(),
             room: room.clone(),
             since,
             limit,
             sub,
-        }))
+        })))
     }
 
     /// Stores and broadcasts a message; returns once it is stored.
@@ -485,5 +521,185 @@ impl Chat {
         if let Some(cluster) = self.cluster.clone() {
             let _ = tokio::task::spawn_blocking(move || cluster.depart()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::history::{Appended, HistoryResult};
+    use super::types::MessageText;
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::time::Instant;
+
+    /// The least history that works: one list, ids from 1.
+    #[derive(Default)]
+    struct ListHistory(Mutex<Vec<Message>>);
+
+    impl History for ListHistory {
+        fn append(&self, batch: &[NewMessage], now_ms: i64) -> HistoryResult<Vec<Appended>> {
+            let mut list = self.0.lock().unwrap();
+            Ok(batch
+                .iter()
+                .map(|m| {
+                    let stored = m.stored(EventId(list.len() as u64 + 1), now_ms);
+                    list.push(stored.clone());
+                    Appended::New(stored)
+                })
+                .collect())
+        }
+        fn after(
+            &self,
+            room: &RoomName,
+            after: Option<EventId>,
+            limit: usize,
+        ) -> HistoryResult<Vec<Message>> {
+            let list = self.0.lock().unwrap();
+            Ok(list
+                .iter()
+                .filter(|m| &m.room == room && after.is_none_or(|a| m.id > a))
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+        fn latest(&self, room: &RoomName, limit: usize) -> HistoryResult<Vec<Message>> {
+            let all = self.after(room, None, usize::MAX)?;
+            Ok(all[all.len().saturating_sub(limit)..].to_vec())
+        }
+        fn last_id(&self, room: &RoomName) -> HistoryResult<Option<EventId>> {
+            Ok(self.latest(room, 1)?.pop().map(|m| m.id))
+        }
+        fn rooms(&self, _limit: usize) -> HistoryResult<Vec<RoomName>> {
+            Ok(Vec::new())
+        }
+        fn prune(&self, _keep: usize) -> HistoryResult<u64> {
+            Ok(0)
+        }
+        fn flush(&self) -> HistoryResult<()> {
+            Ok(())
+        }
+    }
+
+    fn chat() -> Chat {
+        Chat::new(Arc::new(ListHistory::default()), 16, Arc::default()).unwrap()
+    }
+
+    fn msg(text: &str) -> NewMessage {
+        NewMessage {
+            room: RoomName::lobby(),
+            name: DisplayName::parse("n").unwrap(),
+            text: MessageText::parse(text.into(), 0).unwrap(),
+            sender: ClientId(1),
+            client_msg_id: None,
+        }
+    }
+
+    fn texts(list: &[Message]) -> Vec<&str> {
+        list.iter().map(|m| m.text.as_str()).collect()
+    }
+
+    async fn waiting(chat: &Chat, since: Option<EventId>) -> Waiting {
+        match chat.newer(&RoomName::lobby(), since, 10).await.unwrap() {
+            Newer::Later(w) => *w,
+            Newer::Now(found) => panic!("expected nothing newer, found {found:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_poll_answers_at_once_when_there_is_something_newer() {
+        let chat = chat();
+        let first = chat.post(msg("a")).await.unwrap();
+        chat.post(msg("b")).await.unwrap();
+        let Newer::Now(found) = chat
+            .newer(&RoomName::lobby(), Some(first.id), 10)
+            .await
+            .unwrap()
+        else {
+            panic!("b is newer");
+        };
+        assert_eq!(texts(&found), ["b"]);
+    }
+
+    #[tokio::test]
+    async fn a_long_poll_wakes_for_a_newer_message_and_reads_it() {
+        let chat = chat();
+        let first = chat.post(msg("a")).await.unwrap();
+        let w = waiting(&chat, Some(first.id)).await;
+        let poster = chat.clone();
+        tokio::spawn(async move { poster.post(msg("b")).await.unwrap() });
+        let got = w
+            .until(Instant::now() + Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(texts(&got), ["b"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_poll_ignores_what_it_has_and_times_out_empty() {
+        let chat = chat();
+        let first = chat.post(msg("a")).await.unwrap();
+        let w = waiting(&chat, Some(first.id)).await;
+        // The late fan-out of the message the poll already has.
+        let again = chat.latest(&RoomName::lobby(), 1).await.unwrap();
+        chat.inbox().messages(again);
+        let started = Instant::now();
+        let got = w.until(started + Duration::from_secs(5)).await.unwrap();
+        assert!(got.is_empty());
+        assert_eq!(started.elapsed(), Duration::from_secs(5), "waited it out");
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_a_long_poll_empty_and_refuses_new_work() {
+        let chat = chat();
+        let first = chat.post(msg("a")).await.unwrap();
+        let w = waiting(&chat, Some(first.id)).await;
+        chat.shutdown();
+        let got = w
+            .until(Instant::now() + Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(got.is_empty());
+        assert!(matches!(
+            chat.post(msg("late")).await,
+            Err(ChatError::ShuttingDown)
+        ));
+        assert!(matches!(
+            chat.newer(&RoomName::lobby(), None, 1).await,
+            Err(ChatError::ShuttingDown)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_stream_replays_after_since_then_gets_live_messages() {
+        let chat = chat();
+        let first = chat.post(msg("a")).await.unwrap();
+        chat.post(msg("b")).await.unwrap();
+        let name = chat.name_for(ClientId(2), Some(&DisplayName::parse("mine").unwrap()));
+        let stream = chat
+            .open_stream(&RoomName::lobby(), ClientId(2), &name, Some(first.id))
+            .await
+            .unwrap();
+        assert_eq!(texts(&stream.first_page), ["b"]);
+        assert_eq!(stream.online, 1);
+        assert_eq!(
+            chat.name_for(ClientId(2), None).as_str(),
+            "mine",
+            "remembered"
+        );
+        let mut body = stream.into_body(Vec::new(), Format::Text, 1000, ());
+        let wait = Duration::from_secs(10);
+        let replayed = tokio::time::timeout(wait, futures_util::StreamExt::next(&mut body))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(&replayed[..], b"event: message\nid: 2\ndata: n: b\n\n");
+        chat.post(msg("c")).await.unwrap();
+        let chunk = tokio::time::timeout(wait, futures_util::StreamExt::next(&mut body))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(&chunk[..], b"event: message\nid: 3\ndata: n: c\n\n");
     }
 }

@@ -2,9 +2,15 @@
 //! from storage page by page, see [`super::replay`]), then the room's live
 //! events, as a `Stream` of shared byte chunks.
 //!
-//! Per live event the work is: receive an `Arc`, skip it if replay already
-//! covered it, pick the pre-encoded bytes for this viewer. No encoding, no
-//! allocation, no lock.
+//! Per live message the work is: receive an `Arc`, skip it if replay
+//! already covered it, pick the pre-encoded bytes for this viewer. No
+//! encoding, no allocation, no lock.
+//!
+//! Presence and typing are not in the message ring: before each message,
+//! and whenever woken, the stream looks at the room's board (one atomic
+//! load each) and writes what changed since it last wrote, as one event.
+//! Presence it had no time to write is thus replaced by the current
+//! state, never queued, and never makes the stream lag.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -16,7 +22,8 @@ use tokio_stream::Stream;
 
 use super::fanout::{Receiver, RecvError, TryRecvError};
 use super::hub::{Subscription, SubscriptionGuard};
-use super::message::{self, Event, Format};
+use super::message::{self, Event, Format, Tally};
+use super::presence::Board;
 use super::replay::{Replay, Step};
 use super::types::{ClientId, EventId};
 use crate::metrics::Metrics;
@@ -28,6 +35,14 @@ pub struct EventStream<G> {
     /// events wait in the channel meanwhile.
     replay: Option<Replay>,
     rx: Receiver<Arc<Event>>,
+    /// A message received while presence was due: written right after it.
+    stash: Option<Arc<Event>>,
+    board: Arc<Board>,
+    /// What this stream's client was told about the room's presence
+    /// (its hello counted everything up to here, its own join included).
+    seen: Tally,
+    /// Typing notices of the board already looked at.
+    typing_seen: u64,
     viewer: ClientId,
     format: Format,
     /// The newest message id this stream has sent (or the client had):
@@ -53,11 +68,22 @@ impl<G> EventStream<G> {
         metrics: Arc<Metrics>,
         guards: G,
     ) -> Self {
-        let Subscription { rx, guard, .. } = sub;
+        let Subscription {
+            rx,
+            guard,
+            board,
+            seen,
+            typing_seen,
+            ..
+        } = sub;
         EventStream {
             prelude: Some(prelude.into_iter()),
             replay: None,
             rx,
+            stash: None,
+            board,
+            seen,
+            typing_seen,
             viewer,
             format,
             last_id,
@@ -84,6 +110,42 @@ impl<G> EventStream<G> {
 const BATCH_BYTES: usize = 16 * 1024;
 
 impl<G> EventStream<G> {
+    /// Whether presence or typing news waits on the board.
+    fn ephemeral_due(&self) -> bool {
+        self.board.presence_after(self.seen)
+            || (self.format == Format::Json && self.board.typing_seq() > self.typing_seen)
+    }
+
+    /// What changed on the board since this stream last looked, as one
+    /// chunk: at most one presence event, then typing notices (JSON only,
+    /// never the viewer's own).
+    fn ephemeral(&mut self) -> Option<Bytes> {
+        let mut presence = None;
+        if self.board.presence_after(self.seen) {
+            let latest = self.board.latest();
+            presence = latest.frame_for(self.seen, self.format);
+            if latest.end.seq() > self.seen.seq() {
+                self.seen = latest.end;
+            }
+        }
+        let typing = if self.format == Format::Json && self.board.typing_seq() > self.typing_seen {
+            let (chunk, to) = self.board.typing_after(self.typing_seen, self.viewer);
+            self.typing_seen = to;
+            chunk
+        } else {
+            None
+        };
+        match (presence, typing) {
+            (Some(p), Some(t)) => {
+                let mut b = BytesMut::with_capacity(p.len() + t.len());
+                b.extend_from_slice(&p);
+                b.extend_from_slice(&t);
+                Some(b.freeze())
+            }
+            (p, t) => p.or(t),
+        }
+    }
+
     /// The next frame this stream should send, skipping what it must not.
     /// With `cx`, an empty channel registers for a wake-up; without, it
     /// only looks (the batch loop's "anything more?").
@@ -92,17 +154,44 @@ impl<G> EventStream<G> {
             return Poll::Ready(None);
         }
         loop {
-            let received = match cx.as_deref_mut() {
-                Some(cx) => match self.rx.poll_recv(cx) {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(r) => r,
-                },
-                None => match self.rx.try_recv() {
-                    Err(TryRecvError::Empty) => return Poll::Pending,
-                    Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
-                    Err(TryRecvError::Closed) => Err(RecvError::Closed),
-                    Ok(event) => Ok(event),
-                },
+            // Presence first: what the board says happened before any
+            // message still to be read (staging publishes a room's pending
+            // presence before it pushes the message).
+            if let Some(b) = self.ephemeral() {
+                return Poll::Ready(Some(b));
+            }
+            let received = if let Some(event) = self.stash.take() {
+                Ok(event)
+            } else {
+                let fresh = match cx.as_deref_mut() {
+                    Some(cx) => match self.rx.poll_recv(cx) {
+                        Poll::Pending => {
+                            // Registered: a board change from now on wakes
+                            // us; one from before, we see here.
+                            if self.ephemeral_due() {
+                                continue;
+                            }
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(r) => r,
+                    },
+                    None => match self.rx.try_recv() {
+                        Err(TryRecvError::Empty) => return Poll::Pending,
+                        Err(TryRecvError::Lagged(n)) => Err(RecvError::Lagged(n)),
+                        Err(TryRecvError::Closed) => Err(RecvError::Closed),
+                        Ok(event) => Ok(event),
+                    },
+                };
+                // The board changed between the look above and this
+                // message (the stager published, then pushed): the
+                // presence goes first.
+                if let Ok(event) = &fresh {
+                    if matches!(**event, Event::Messages(_)) && self.ephemeral_due() {
+                        self.stash = Some(event.clone());
+                        continue;
+                    }
+                }
+                fresh
             };
             let event = match received {
                 Err(RecvError::Closed) => return Poll::Ready(None),
@@ -130,11 +219,6 @@ impl<G> EventStream<G> {
                         buf.freeze()
                     }
                 }
-                Event::Presence { about, .. } if *about == self.viewer => continue,
-                Event::Presence { json, text, .. } => match self.format {
-                    Format::Json => json.clone(),
-                    Format::Text => text.clone(),
-                },
                 Event::Keepalive => message::keepalive_frame(),
                 Event::Shutdown => {
                     self.done = true;
@@ -304,49 +388,111 @@ mod tests {
         (hub, stream, wakes, waker)
     }
 
+    /// Everything the stream has ready now, as (event, data) pairs.
+    fn drain(s: &mut EventStream<()>, cx: &mut Context<'_>) -> Vec<(String, String)> {
+        let mut got = Vec::new();
+        while let Poll::Ready(Some(Ok(chunk))) = Pin::new(&mut *s).poll_next(cx) {
+            got.extend(events_in(&chunk));
+        }
+        got
+    }
+
+    fn stream_as(hub: &Hub, client: u128, format: Format) -> EventStream<()> {
+        let name = DisplayName::parse(&format!("c{client}")).unwrap();
+        let sub = hub
+            .open_stream(&RoomName::lobby(), ClientId(client), &name)
+            .unwrap();
+        let m = hub.metrics().clone();
+        EventStream::new(sub, Vec::new(), ClientId(client), format, None, 1000, m, ())
+    }
+
+    const AFTER_WINDOW: std::time::Duration =
+        PRESENCE_GATHER.saturating_add(std::time::Duration::from_millis(1));
+
     #[tokio::test(start_paused = true)]
-    async fn a_burst_of_joins_wakes_a_stream_once_and_goes_out_as_one_write() {
+    async fn a_burst_of_joins_wakes_a_stream_once_and_is_one_summary() {
         let (hub, mut first, wakes, waker) = watched(64);
         let mut cx = Context::from_waker(&waker);
         assert!(Pin::new(&mut first).poll_next(&mut cx).is_pending());
         let _others: Vec<_> = (2..=4).map(|c| stream_of(&hub, c)).collect();
         tokio::task::yield_now().await;
         assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "joins wait for company");
-        tokio::time::sleep(PRESENCE_GATHER + std::time::Duration::from_millis(1)).await;
+        tokio::time::sleep(AFTER_WINDOW).await;
         assert_eq!(wakes.0.load(Ordering::SeqCst), 1, "one wake for the burst");
-        let Poll::Ready(Some(Ok(chunk))) = Pin::new(&mut first).poll_next(&mut cx) else {
-            panic!("the joins are there");
-        };
-        let kinds: Vec<String> = events_in(&chunk).into_iter().map(|e| e.0).collect();
-        assert_eq!(kinds, ["join", "join", "join"]);
+        let got = drain(&mut first, &mut cx);
+        assert_eq!(
+            got,
+            [("presence".into(), ">> 3 joined (4 online)".into())],
+            "one write for the window"
+        );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_burst_longer_than_the_buffer_wakes_streams_before_they_lag() {
-        let (hub, mut first, wakes, waker) = watched(16);
+    async fn presence_a_stream_could_not_write_is_replaced_not_queued() {
+        // A buffer of 4 messages, and a crowd of 300 coming and going over
+        // many windows while the first stream does not read at all.
+        let (hub, mut first, _wakes, waker) = watched(4);
         let mut cx = Context::from_waker(&waker);
-        let mut got = Vec::new();
-        let mut drain = |s: &mut EventStream<()>, got: &mut Vec<(String, String)>| {
-            while let Poll::Ready(Some(Ok(chunk))) = Pin::new(&mut *s).poll_next(&mut cx) {
-                got.extend(events_in(&chunk));
-            }
-        };
-        drain(&mut first, &mut got);
-        let mut others = Vec::new();
-        let mut seen_wakes = 0;
-        for c in 2..=41 {
-            others.push(stream_of(&hub, c));
-            // A stream task runs when woken, and only then.
-            let now = wakes.0.load(Ordering::SeqCst);
-            if now != seen_wakes {
-                seen_wakes = now;
-                drain(&mut first, &mut got);
+        assert!(drain(&mut first, &mut cx).is_empty());
+        let mut crowd = Vec::new();
+        for c in 2..302 {
+            crowd.push(stream_of(&hub, c));
+            if c % 30 == 0 {
+                tokio::time::sleep(AFTER_WINDOW).await;
             }
         }
-        tokio::time::sleep(PRESENCE_GATHER * 2).await;
-        drain(&mut first, &mut got);
-        let kinds: Vec<&str> = got.iter().map(|e| e.0.as_str()).collect();
-        assert_eq!(kinds, vec!["join"; 40], "{got:?}");
+        crowd.truncate(200); // 100 leave
+        tokio::time::sleep(AFTER_WINDOW).await;
+        let got = drain(&mut first, &mut cx);
+        assert_eq!(
+            got,
+            [(
+                "presence".into(),
+                ">> 300 joined, 100 left (201 online)".into()
+            )],
+            "one summary of everything it missed, and still connected"
+        );
+        assert!(!first.done);
+        assert_eq!(hub.metrics().subscribers_dropped_total.get(), 0);
+        // It goes on with messages as usual.
+        hub.publish(vec![msg(1, 2)]);
+        assert_eq!(
+            drain(&mut first, &mut cx),
+            [("message".into(), "n: t1".into())]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_never_hears_of_its_own_join_nor_what_its_hello_counted() {
+        let hub = Hub::new(16, Arc::new(Metrics::default()));
+        let waker = std::task::Waker::from(Arc::new(CountingWaker::default()));
+        let mut cx = Context::from_waker(&waker);
+        let mut a = stream_of(&hub, 1);
+        let mut b = stream_of(&hub, 2);
+        let mut c = stream_of(&hub, 3); // same window as b
+        tokio::time::sleep(AFTER_WINDOW).await;
+        assert_eq!(
+            drain(&mut a, &mut cx),
+            [("presence".into(), ">> 2 joined (3 online)".into())]
+        );
+        assert_eq!(
+            drain(&mut b, &mut cx),
+            [("join".into(), ">> c3 joined (3 online)".into())],
+            "b hears of c, who came after its hello, not of itself"
+        );
+        assert!(drain(&mut c, &mut cx).is_empty(), "c's hello counted all");
+        // A window whose only change is the viewer's own join: nothing.
+        drop(a);
+        tokio::time::sleep(AFTER_WINDOW).await;
+        let _ = drain(&mut b, &mut cx);
+        let _ = drain(&mut c, &mut cx);
+        let mut d = stream_of(&hub, 4);
+        tokio::time::sleep(AFTER_WINDOW).await;
+        assert!(drain(&mut d, &mut cx).is_empty());
+        assert_eq!(
+            drain(&mut c, &mut cx),
+            [("join".into(), ">> c4 joined (3 online)".into())]
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -354,13 +500,65 @@ mod tests {
         let hub = Hub::new(16, Arc::new(Metrics::default()));
         let mut first = stream_of(&hub, 1);
         let _second = stream_of(&hub, 2);
+        let _third = stream_of(&hub, 3);
         hub.publish(vec![msg(1, 2)]);
         let started = tokio::time::Instant::now();
         let chunk = first.next().await.unwrap().unwrap();
         assert_eq!(started.elapsed(), std::time::Duration::ZERO, "no waiting");
         let events = events_in(&chunk);
         let kinds: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(kinds, ["presence", "message"]);
+        // The window was published with the message: the timer finds
+        // nothing more to say.
+        tokio::time::sleep(AFTER_WINDOW).await;
+        let waker = std::task::Waker::from(Arc::new(CountingWaker::default()));
+        assert!(drain(&mut first, &mut Context::from_waker(&waker)).is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_read_after_a_window_was_published_comes_after_it() {
+        let hub = Hub::new(16, Arc::new(Metrics::default()));
+        let waker = std::task::Waker::from(Arc::new(CountingWaker::default()));
+        let mut cx = Context::from_waker(&waker);
+        let mut first = stream_of(&hub, 1);
+        assert!(drain(&mut first, &mut cx).is_empty());
+        // Staged (presence published, message pushed) but not yet woken:
+        // whatever the stream looks at first, presence goes out first.
+        let _second = stream_of(&hub, 2);
+        let staged = hub.stage(vec![msg(1, 3)]);
+        let got = drain(&mut first, &mut cx);
+        staged.wake();
+        let kinds: Vec<&str> = got.iter().map(|e| e.0.as_str()).collect();
         assert_eq!(kinds, ["join", "message"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn typing_reaches_other_json_streams_only() {
+        let hub = Hub::new(16, Arc::new(Metrics::default()));
+        let waker = std::task::Waker::from(Arc::new(CountingWaker::default()));
+        let mut cx = Context::from_waker(&waker);
+        let mut typist = stream_as(&hub, 1, Format::Json);
+        let mut reader = stream_as(&hub, 2, Format::Json);
+        let mut text = stream_as(&hub, 3, Format::Text);
+        tokio::time::sleep(AFTER_WINDOW).await;
+        for s in [&mut typist, &mut reader, &mut text] {
+            let _ = drain(s, &mut cx);
+        }
+        let name = DisplayName::parse("c1").unwrap();
+        hub.typing(&RoomName::lobby(), ClientId(1), &name, None)
+            .unwrap();
+        assert!(
+            hub.typing(&RoomName::lobby(), ClientId(1), &name, None)
+                .is_err(),
+            "one per 2 s"
+        );
+        tokio::time::sleep(AFTER_WINDOW).await;
+        assert_eq!(
+            drain(&mut reader, &mut cx),
+            [("typing".into(), r#"{"name":"c1"}"#.into())]
+        );
+        assert!(drain(&mut typist, &mut cx).is_empty(), "not to the typist");
+        assert!(drain(&mut text, &mut cx).is_empty(), "not to text streams");
     }
 
     #[tokio::test]

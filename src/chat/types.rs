@@ -162,9 +162,11 @@ impl MessageText {
 }
 
 /// An event id: strictly increasing per room in delivery order. On the wire
-/// it is an opaque decimal string; clients only echo it back.
+/// it is an opaque decimal string; clients only echo it back. Outside this
+/// crate one comes only from [`EventId::parse`]; inside, the histories
+/// assign them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct EventId(pub u64);
+pub struct EventId(pub(crate) u64);
 
 impl EventId {
     pub fn parse(s: &str) -> Result<Self, Invalid> {
@@ -259,8 +261,10 @@ pub fn random_hex(bytes: usize) -> String {
 }
 
 /// One-way identity of a client (first 128 bits of SHA-256 of its token).
+/// Outside this crate one comes only from a token ([`ClientToken::id`]),
+/// or [`ClientId::random`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientId(pub u128);
+pub struct ClientId(pub(crate) u128);
 
 impl ClientId {
     /// An identity no token maps to in practice: for anonymous senders.

@@ -11,7 +11,6 @@ use super::form::Fields;
 use super::{identity, AppState, Ctx};
 use crate::chat::message::{self, Format};
 use crate::chat::types::{DisplayName, EventId, RoomName};
-use crate::limits::Refused;
 use crate::sse;
 
 pub async fn events(state: AppState, ctx: Ctx) -> Response {
@@ -75,22 +74,8 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
     }
     // Every open reads history and counts a presence: rate-limited per
     // address, like posting.
-    state
-        .limits
-        .check_stream_open(ctx.client)
-        .map_err(|r| match r {
-            Refused::Rate { retry_after } => ApiError::OpeningTooFast { retry_after },
-            _ => unreachable!("check_stream_open only refuses on rate"),
-        })?;
-    let permit = state
-        .limits
-        .acquire_stream(ctx.client)
-        .map_err(|r| match r {
-            Refused::TooManyStreamsFromIp => ApiError::TooManyStreamsFromIp(
-                "too many open streams from your address; close some and retry".into(),
-            ),
-            _ => ApiError::ServerFull("the server has too many open streams; retry later".into()),
-        })?;
+    state.limits.check_stream_open(ctx.client)?;
+    let permit = state.limits.acquire_stream(ctx.client)?;
 
     let client = who.token.id();
     let name = chat.name_for(client, name.as_ref());

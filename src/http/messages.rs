@@ -16,7 +16,6 @@ use crate::chat::history::NewMessage;
 use crate::chat::message::MessageJson;
 use crate::chat::types::{ClientMsgId, DisplayName, Invalid, MessageText, RoomName};
 use crate::chat::{Accepted, Newer};
-use crate::limits::Refused;
 use crate::metrics::Held;
 use warp::Reply;
 
@@ -30,13 +29,13 @@ struct PostFields {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum BodyKind {
+pub(super) enum BodyKind {
     Form,
     Json,
     Text,
 }
 
-fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
+pub(super) fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -57,7 +56,33 @@ fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
 
 /// Reads the body up to `limit` bytes (0 = no limit), whether or not it
 /// declares a `Content-Length`: a chunked body is cut off at the limit too.
-async fn read_body<S, B>(headers: &HeaderMap, body: S, limit: usize) -> Result<Bytes, ApiError>
+/// [`read_body`] within `--body-timeout`: the head came in time (hyper's
+/// timeout); the body must too, or a client could hold the connection
+/// for ever with a few bytes.
+pub(super) async fn read_body_in_time<S, B>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: S,
+    limit: usize,
+) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let body = read_body(headers, body, limit);
+    match state.config.body_timeout {
+        0 => body.await,
+        secs => tokio::time::timeout(Duration::from_secs(secs), body)
+            .await
+            .map_err(|_| ApiError::RequestTimeout(secs))?,
+    }
+}
+
+pub(super) async fn read_body<S, B>(
+    headers: &HeaderMap,
+    body: S,
+    limit: usize,
+) -> Result<Bytes, ApiError>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
@@ -148,7 +173,7 @@ fn wants_html(headers: &HeaderMap) -> bool {
 /// sent to. Ports are not compared (cookies are not isolated by port
 /// either, and a reverse proxy on another port is the same site). Scripts
 /// send no `Origin` and are not affected.
-fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(super) fn check_origin(headers: &HeaderMap) -> Result<(), ApiError> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if get("sec-fetch-site") == Some("cross-site") {
         return Err(ApiError::ForbiddenOrigin);
@@ -211,13 +236,7 @@ where
     let kind = body_kind(&ctx.headers)?;
     // The head came in time (hyper's timeout); the body must too, or a
     // client could hold the connection for ever with a few bytes.
-    let body = read_body(&ctx.headers, body, state.config.max_body_bytes);
-    let body = match state.config.body_timeout {
-        0 => body.await?,
-        secs => tokio::time::timeout(Duration::from_secs(secs), body)
-            .await
-            .map_err(|_| ApiError::RequestTimeout(secs))??,
-    };
+    let body = read_body_in_time(state, &ctx.headers, body, state.config.max_body_bytes).await?;
     let mut query = Fields::parse(ctx.query.as_bytes())?;
     let f = parse_fields(kind, &body, &mut query)?;
     let text = f
@@ -242,13 +261,7 @@ where
         _ => sender,
     };
 
-    state
-        .limits
-        .check_post(sender, ctx.client)
-        .map_err(|r| match r {
-            Refused::Rate { retry_after } => ApiError::RateLimited { retry_after },
-            _ => unreachable!("check_post only refuses on rate"),
-        })?;
+    state.limits.check_post(sender, ctx.client)?;
 
     let name = state.chat.name_for(sender, name.as_ref());
     let chars = text.as_str().chars().count();
@@ -348,15 +361,7 @@ async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiErro
             Newer::Later(waiting) => {
                 // Both given back however this ends, the client hanging up
                 // (this future dropped mid-wait) included.
-                let _permit = state
-                    .limits
-                    .acquire_long_poll(ctx.client)
-                    .map_err(|r| match r {
-                        Refused::TooManyLongPollsFromIp => ApiError::TooManyLongPollsFromIp,
-                        _ => {
-                            ApiError::ServerFull("too many long-polls waiting; retry later".into())
-                        }
-                    })?;
+                let _permit = state.limits.acquire_long_poll(ctx.client)?;
                 let _waiting = Held::new(&state.metrics.long_polls);
                 let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
                 waiting.until(deadline).await?
@@ -378,10 +383,7 @@ async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiErro
     messages.truncate(limit);
     // Up to 500 messages wait in memory for a client that may not read
     // them: an address may have only so many such answers in flight.
-    let permit = state
-        .limits
-        .acquire_read(ctx.client)
-        .map_err(|_| ApiError::TooManyReadsFromIp)?;
+    let permit = state.limits.acquire_read(ctx.client)?;
     let body = History {
         room: &room,
         messages: messages

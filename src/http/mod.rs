@@ -8,8 +8,10 @@ pub mod events;
 pub mod form;
 pub mod identity;
 pub mod messages;
+pub mod online;
 pub mod ops;
 pub mod pages;
+pub mod typing;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -121,6 +123,17 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
         .and(s.clone())
         .and(ctx())
         .then(|s, c| Box::pin(events::events(s, c)) as Handler);
+    let typing = warp::path!("chat" / "typing")
+        .and(warp::post())
+        .and(s.clone())
+        .and(ctx())
+        .and(warp::body::stream())
+        .then(|s, c, body| Box::pin(typing::typing(s, c, body)) as Handler);
+    let online = warp::path!("chat" / "online")
+        .and(get_or_head())
+        .and(s.clone())
+        .and(ctx())
+        .then(|s, c| Box::pin(online::online(s, c)) as Handler);
     let healthz = warp::path!("healthz")
         .and(get_or_head())
         .and(s.clone())
@@ -142,6 +155,10 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
         .or(history)
         .unify()
         .or(events)
+        .unify()
+        .or(typing)
+        .unify()
+        .or(online)
         .unify()
         .or(healthz)
         .unify()

@@ -57,7 +57,7 @@ fn html(body: String) -> Response {
 fn render(t: &impl Template) -> Result<Response, ApiError> {
     t.render().map(html).map_err(|e| {
         tracing::error!(error = %e, "template rendering failed");
-        ApiError::StorageUnavailable
+        ApiError::Internal
     })
 }
 

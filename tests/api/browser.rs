@@ -273,16 +273,22 @@ struct Restartable {
 }
 
 impl Restartable {
-    fn new() -> Self {
+    /// Starts it the first time, on a free port it keeps from then on.
+    async fn start_first() -> (Self, FixedServer) {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("chat.db").display().to_string();
-        Restartable {
+        let args = vec!["--db".into(), db, "--retry-ms".into(), "700".into()];
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let server = FixedServer::start_on_a_free_port(&argv).await;
+        let me = Restartable {
             _dir: dir,
-            port: crate::external::free_port(),
-            args: vec!["--db".into(), db, "--retry-ms".into(), "700".into()],
-        }
+            port: server.port,
+            args,
+        };
+        (me, server)
     }
 
+    /// Starts it again, on the same port.
     async fn start(&self) -> FixedServer {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         FixedServer::start(self.port, &args).await
@@ -318,8 +324,7 @@ async fn browser_pages_resume_after_server_restart_with_every_message_once() {
     let Some((_p, wd)) = browser("browser_pages_resume_after_server_restart").await else {
         return;
     };
-    let server = Restartable::new();
-    let mut srv = server.start().await;
+    let (server, mut srv) = Restartable::start_first().await;
     let (a, b) = two_pages(&wd, &srv.base, "b2", ["a", "b"], false).await;
     post(&srv.base, "b2", "carol", "before the outage").await;
     let before = lines(&["carol: before the outage"]);
@@ -393,8 +398,7 @@ async fn browser_message_typed_while_server_down_arrives_once_for_everyone() {
     let Some((_p, wd)) = browser("browser_message_typed_while_server_down").await else {
         return;
     };
-    let server = Restartable::new();
-    let mut srv = server.start().await;
+    let (server, mut srv) = Restartable::start_first().await;
     let (a, b) = two_pages(&wd, &srv.base, "b3", ["alice", "bob"], true).await;
 
     srv.kill9();

@@ -5,7 +5,8 @@
 //! W3C WebDriver client over reqwest + serde_json.
 //!
 //! A missing program prints a loud `SKIPPED: <program> not found` and the
-//! test returns, unless `SSECHAT_REQUIRE_EXTERNAL=1`, when it fails.
+//! test returns, unless `SSECHAT_REQUIRE_EXTERNAL=1`, when it fails (both
+//! decided by `helpers::skip`).
 
 #![allow(dead_code)]
 
@@ -31,10 +32,6 @@ const DIRS: &[&str] = &[
     "/sbin",
 ];
 
-pub fn require_external() -> bool {
-    std::env::var("SSECHAT_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1")
-}
-
 /// The program's path from PATH or the usual directories.
 pub fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
@@ -57,15 +54,12 @@ pub fn need(test: &str, names: &[&str]) -> Option<Vec<PathBuf>> {
         match find_program(name) {
             Some(p) => found.push(p),
             None => {
-                assert!(
-                    !require_external(),
-                    "{name} not found, and SSECHAT_REQUIRE_EXTERNAL=1 requires it (test {test})"
-                );
-                eprintln!(
-                    "\n==============================================================\n\
-                     SKIPPED: {name} not found (test {test}; install it, e.g. \
-                     `apt-get install chromium chromium-driver nginx-light`)\n\
-                     =============================================================="
+                crate::helpers::skip(
+                    test,
+                    &format!(
+                        "{name} not found (install it, e.g. \
+                         `apt-get install chromium chromium-driver nginx-light`)"
+                    ),
                 );
                 return None;
             }
@@ -100,8 +94,13 @@ fn own_group(cmd: &mut Command) -> &mut Command {
     cmd.process_group(0)
 }
 
-/// Waits (bounded) until `GET url` answers 2xx.
-pub async fn wait_http_ok(url: &str, child: &mut Child, what: &str) {
+/// Waits (bounded) until `GET url` answers 2xx: `Err` with the exit status
+/// if the child exited first (for a fixed port: it was taken).
+pub async fn wait_http_ok(
+    url: &str,
+    child: &mut Child,
+    what: &str,
+) -> Result<(), std::process::ExitStatus> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -110,11 +109,11 @@ pub async fn wait_http_ok(url: &str, child: &mut Child, what: &str) {
     loop {
         if let Ok(r) = http.get(url).send().await {
             if r.status().is_success() {
-                return;
+                return Ok(());
             }
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited before it was ready: {status}");
+            return Err(status);
         }
         assert!(
             tokio::time::Instant::now() < deadline,
@@ -140,7 +139,28 @@ pub struct FixedServer {
 impl FixedServer {
     /// Starts `ssechat --port PORT args…` and waits for `/healthz`.
     pub async fn start(port: u16, args: &[&str]) -> FixedServer {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ssechat"))
+        match Self::try_start(port, args).await {
+            Ok(server) => server,
+            Err(log) => panic!("ssechat exited before it was ready on port {port}: {log:?}"),
+        }
+    }
+
+    /// [`FixedServer::start`] on the first of a few free ports that stays
+    /// free until the server binds it.
+    pub async fn start_on_a_free_port(args: &[&str]) -> FixedServer {
+        let mut last = Vec::new();
+        for _ in 0..3 {
+            match Self::try_start(free_port(), args).await {
+                Ok(server) => return server,
+                Err(log) => last = log,
+            }
+        }
+        panic!("ssechat would not start on three free ports: {last:?}");
+    }
+
+    /// `Err` with its log if the server exited before it was ready.
+    async fn try_start(port: u16, args: &[&str]) -> Result<FixedServer, Vec<String>> {
+        let mut child = crate::helpers::ssechat_command()
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .args(["--post-rate", "0", "--max-streams-per-ip", "0"])
             .args(args)
@@ -159,13 +179,24 @@ impl FixedServer {
             sink.lock().unwrap().extend(buf.lines().map(str::to_owned));
         });
         let base = format!("http://127.0.0.1:{port}");
-        wait_http_ok(&format!("{base}/healthz"), &mut child, "ssechat").await;
-        FixedServer {
+        if wait_http_ok(&format!("{base}/healthz"), &mut child, "ssechat")
+            .await
+            .is_err()
+        {
+            // The reader thread has the whole log once the pipe closes.
+            let deadline = std::time::Instant::now() + START_WAIT;
+            while Arc::strong_count(&log) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let lines = log.lock().unwrap().clone();
+            return Err(lines);
+        }
+        Ok(FixedServer {
             child,
             port,
             base,
             log,
-        }
+        })
     }
 
     /// SIGKILL: the server vanishes without a goodbye.

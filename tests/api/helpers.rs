@@ -384,6 +384,43 @@ pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Whether a test that cannot run (a missing external program, no root
+/// for a tmpfs) fails instead of skipping: `SSECHAT_REQUIRE_EXTERNAL=1`, as
+/// CI sets it. Any other value, or none, skips. The one place this is
+/// decided.
+pub fn require_external() -> bool {
+    std::env::var("SSECHAT_REQUIRE_EXTERNAL").is_ok_and(|v| v == "1")
+}
+
+/// Skips `test` loudly because of `why` (say what is missing and how to get
+/// it), or fails it when [`require_external`] says so.
+pub fn skip(test: &str, why: &str) {
+    assert!(
+        !require_external(),
+        "{test}: {why}, and SSECHAT_REQUIRE_EXTERNAL=1 requires it"
+    );
+    eprintln!(
+        "\n==============================================================\n\
+         SKIPPED: {test}: {why}\n\
+         =============================================================="
+    );
+}
+
+/// The built `ssechat` binary as a command that sees none of the
+/// developer's configuration: every variable the server reads
+/// (`SSECHAT_*`, `HOST`, `PORT`) is removed from its environment, so only
+/// the test's flags decide.
+pub fn ssechat_command() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ssechat"));
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("SSECHAT_") || k == "HOST" || k == "PORT" {
+            cmd.env_remove(&key);
+        }
+    }
+    cmd
+}
+
 /// The built `ssechat` binary running as a child process (for crash and
 /// restart tests: `kill -9` needs a real process).
 pub struct BinApp {
@@ -398,7 +435,7 @@ pub struct BinApp {
 /// "listening on" line to learn the port.
 pub fn spawn_binary(args: &[&str]) -> BinApp {
     use std::io::BufRead;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ssechat"))
+    let mut child = ssechat_command()
         .args(["--host", "127.0.0.1", "--port", "0"])
         .args(args)
         .env("RUST_LOG", "info")
@@ -447,7 +484,7 @@ pub fn spawn_binary(args: &[&str]) -> BinApp {
 
 /// Runs the binary expecting it to refuse to start: returns (exit code, stderr).
 pub fn binary_fails(args: &[&str]) -> (i32, String) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ssechat"))
+    let mut child = ssechat_command()
         .args(["--host", "127.0.0.1", "--port", "0"])
         .args(args)
         .stdin(std::process::Stdio::null())

@@ -117,12 +117,12 @@ async fn long_poll_ignores_the_late_fan_out_of_what_it_already_has() {
     let poll = waiting_long_poll(&app, "late", &first).await;
     // The late fan-out of the message the poll already knows.
     app.chat.inbox().messages(vec![Message {
-        id: EventId(first.parse().unwrap()),
+        id: EventId::parse(&first).unwrap(),
         room: RoomName::parse("late").unwrap(),
         name: DisplayName::parse("someone").unwrap(),
         text: "mine".into(),
         ts: 0,
-        sender: ClientId(1),
+        sender: ClientId::random(),
     }]);
     let id = app.send(None, "late", "next").await;
     let v = released(poll).await;

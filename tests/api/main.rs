@@ -5,6 +5,7 @@ mod helpers;
 mod abuse;
 mod browser;
 mod cluster;
+mod crowds;
 mod durability;
 mod external;
 mod history;

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{spawn_app, spawn_app_with, token, TestApp};
+use crate::helpers::{spawn_app, spawn_app_with, token, SseClient, TestApp};
 
 #[tokio::test]
 async fn json_form_and_text_bodies_are_all_accepted() {
@@ -132,30 +132,70 @@ async fn client_msg_id_makes_a_retry_harmless() {
     assert_eq!(app.texts("i").await, ["once", "once", "marker"]);
 }
 
-/// Posts that must be refused with `status`, each checked to change nothing:
-/// no stored message and no event before the marker sent afterwards.
-async fn assert_refused_changes_nothing(app: &TestApp, cases: Vec<(u16, reqwest::Response, &str)>) {
-    let t = token();
-    let mut s = app.subscribe("z", &t, "watcher").await;
-    for (status, res, what) in cases {
-        assert_eq!(res.status().as_u16(), status, "{what}");
-        assert_eq!(res.headers()["content-type"], "application/json", "{what}");
-        let v: Value = res.json().await.unwrap();
-        let msg = v["error"].as_str().unwrap_or_else(|| panic!("{what}: {v}"));
-        assert!(!msg.is_empty(), "{what}: a readable reason");
+/// Watches every room a batch of refused posts could have touched, from
+/// before the first of them is sent: [`Watch::assert_refused_changed_nothing`]
+/// then checks that none stored or broadcast anything.
+struct Watch<'a> {
+    app: &'a TestApp,
+    streams: Vec<(&'static str, SseClient)>,
+    stored_before: u64,
+}
+
+impl<'a> Watch<'a> {
+    /// Subscribes to each of `rooms` (include the lobby when a post names
+    /// no room) before anything is sent.
+    async fn start(app: &'a TestApp, rooms: &[&'static str]) -> Watch<'a> {
+        let mut streams = Vec::new();
+        for room in rooms {
+            streams.push((*room, app.subscribe(room, &token(), "watcher").await));
+        }
+        let stored_before = app.metrics.messages_total.get();
+        Watch {
+            app,
+            streams,
+            stored_before,
+        }
     }
-    let marker = app.send(None, "z", "marker").await;
-    assert_eq!(
-        s.expect_json("message").await["id"],
-        marker.as_str(),
-        "nothing was broadcast"
-    );
-    assert_eq!(app.texts("z").await, ["marker"], "nothing was stored");
+
+    /// Each case must be refused with its status and a readable JSON
+    /// reason; then a marker posted to each watched room must be the next
+    /// event there (nothing was broadcast), each room must hold only its
+    /// marker, and the server must have stored nothing else anywhere.
+    async fn assert_refused_changed_nothing(self, cases: Vec<(u16, reqwest::Response, &str)>) {
+        for (status, res, what) in cases {
+            assert_eq!(res.status().as_u16(), status, "{what}");
+            assert_eq!(res.headers()["content-type"], "application/json", "{what}");
+            let v: Value = res.json().await.unwrap();
+            let msg = v["error"].as_str().unwrap_or_else(|| panic!("{what}: {v}"));
+            assert!(!msg.is_empty(), "{what}: a readable reason");
+        }
+        let markers = self.streams.len() as u64;
+        for (room, mut s) in self.streams {
+            let marker = self.app.send(None, room, "marker").await;
+            assert_eq!(
+                s.expect_json("message").await["id"],
+                marker.as_str(),
+                "nothing was broadcast in {room}"
+            );
+            assert_eq!(
+                self.app.texts(room).await,
+                ["marker"],
+                "nothing was stored in {room}"
+            );
+        }
+        let stored = self.app.metrics.messages_total.get() - self.stored_before;
+        assert_eq!(
+            stored, markers,
+            "stored nothing but the markers, in any room"
+        );
+    }
 }
 
 #[tokio::test]
 async fn invalid_posts_get_400_and_change_nothing() {
     let app = spawn_app_with(&["--max-message-chars", "10"]).await;
+    // Posts without a room would land in the lobby.
+    let watch = Watch::start(&app, &["z", "lobby"]).await;
     let form = Some("application/x-www-form-urlencoded");
     let json = Some("application/json");
     let p = |ct, body: &'static [u8]| app.post_raw("/chat/messages", ct, body, &[]);
@@ -180,12 +220,13 @@ async fn invalid_posts_get_400_and_change_nothing() {
         (415, p(Some("application/xml"), b"<text>hi</text>").await, "xml"),
         (415, p(None, b"text=hi").await, "no content type"),
     ];
-    assert_refused_changes_nothing(&app, cases).await;
+    watch.assert_refused_changed_nothing(cases).await;
 }
 
 #[tokio::test]
 async fn bodies_over_the_byte_limit_get_413_with_or_without_content_length() {
     let app = spawn_app_with(&["--max-body-bytes", "100"]).await;
+    let watch = Watch::start(&app, &["z"]).await;
     let big = format!("text={}&room=z", "a".repeat(200));
     let declared = app
         .post_raw(
@@ -206,19 +247,18 @@ async fn bodies_over_the_byte_limit_get_413_with_or_without_content_length() {
             &[],
         )
         .await;
-    assert_refused_changes_nothing(
-        &app,
-        vec![
+    watch
+        .assert_refused_changed_nothing(vec![
             (413, declared, "declared length"),
             (413, chunked, "chunked"),
-        ],
-    )
-    .await;
+        ])
+        .await;
 }
 
 #[tokio::test]
 async fn a_bad_client_token_is_refused() {
     let app = spawn_app().await;
+    let watch = Watch::start(&app, &["z"]).await;
     let res = app
         .post_raw(
             "/chat/messages",
@@ -227,7 +267,9 @@ async fn a_bad_client_token_is_refused() {
             &[("x-chat-client", "has space")],
         )
         .await;
-    assert_refused_changes_nothing(&app, vec![(400, res, "token with a space")]).await;
+    watch
+        .assert_refused_changed_nothing(vec![(400, res, "token with a space")])
+        .await;
 }
 
 #[tokio::test]
@@ -235,14 +277,6 @@ async fn cross_site_browser_posts_are_refused() {
     let app = spawn_app().await;
     let t = token();
     let cookie = format!("ssechat_client={t}");
-    let foreign = app
-        .post_raw(
-            "/chat/messages",
-            Some("application/x-www-form-urlencoded"),
-            "text=csrf&room=z",
-            &[("origin", "https://evil.example"), ("cookie", &cookie)],
-        )
-        .await;
     let same = app
         .post_raw(
             "/chat/messages",
@@ -252,7 +286,18 @@ async fn cross_site_browser_posts_are_refused() {
         )
         .await;
     assert_eq!(same.status(), 201, "same-origin posts work");
-    assert_refused_changes_nothing(&app, vec![(403, foreign, "foreign origin")]).await;
+    let watch = Watch::start(&app, &["z"]).await;
+    let foreign = app
+        .post_raw(
+            "/chat/messages",
+            Some("application/x-www-form-urlencoded"),
+            "text=csrf&room=z",
+            &[("origin", "https://evil.example"), ("cookie", &cookie)],
+        )
+        .await;
+    watch
+        .assert_refused_changed_nothing(vec![(403, foreign, "foreign origin")])
+        .await;
 }
 
 #[tokio::test]

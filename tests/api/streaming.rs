@@ -238,9 +238,11 @@ async fn replay_and_live_have_no_gap_and_no_duplicate_under_concurrent_posts() {
     let app = spawn_app().await;
     let start = app.send(None, "race", "start").await;
     let total = 300;
+    let posted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let poster = {
         let http = app.http.clone();
         let url = app.url("/chat/messages");
+        let posted = posted.clone();
         tokio::spawn(async move {
             let mut ids = Vec::new();
             for i in 0..total {
@@ -253,13 +255,24 @@ async fn replay_and_live_have_no_gap_and_no_duplicate_under_concurrent_posts() {
                 assert_eq!(res.status(), 201);
                 let v: Value = res.json().await.unwrap();
                 ids.push(v["id"].as_str().unwrap().to_owned());
+                posted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
             ids
         })
     };
-    // Open streams from the start id while posts are flowing.
+    // Open streams from the start id while posts are flowing: the k-th
+    // once k/8 of them are acknowledged, so each opens mid-flow.
     let mut streams = Vec::new();
-    for _ in 0..8 {
+    for k in 0..8 {
+        let p = posted.clone();
+        crate::helpers::eventually("posts flowing", || {
+            p.load(std::sync::atomic::Ordering::SeqCst) >= k * total / 8
+        })
+        .await;
+        assert!(
+            posted.load(std::sync::atomic::Ordering::SeqCst) < total,
+            "stream {k} opened while posts were still flowing"
+        );
         let mut s = app.events(&format!("room=race&since={start}")).await;
         s.expect("hello").await;
         streams.push(s);

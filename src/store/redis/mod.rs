@@ -9,17 +9,21 @@
 //!   is the id order, and every node hears every message in the same order.
 //! - [`presence`]: the chat's cluster port. Per room, a hash client →
 //!   number of nodes where the client has a stream (online = its length),
-//!   and per node a set of its clients, so a node that dies without saying
-//!   goodbye can be reaped by the others: nodes keep a heartbeat in a
-//!   sorted set, and any node removes the entries of a node whose heartbeat
-//!   expired, sending the leave events it owed.
+//!   the room's tally (joins and leaves ever: streams tell what changed
+//!   since their hello from it), and per node a set of its clients, so a
+//!   node that dies without saying goodbye can be reaped by the others:
+//!   nodes keep a heartbeat in a sorted set, and any node removes the
+//!   entries of a node whose heartbeat expired, sending the leaves it
+//!   owed. Presence crosses nodes in batches: each node sends what changed
+//!   in a room during a gathering window as one script call (`batch.lua`),
+//!   which publishes the cluster-wide changes, typing included, once.
 //! - [`subscriber`]: the node's one subscription: parses what is published
 //!   and hands it to the chat's inbox; a node that loses its subscription
 //!   has the inbox catch up from the streams when it is back.
 //!
 //! Keys: `ssechat:seq`, `ssechat:active` (rooms by newest id), `ssechat:room:{room}` (stream),
 //! `ssechat:idem:{sender}`, `ssechat:pc:{room}`, `ssechat:pn:{room}`,
-//! `ssechat:pnode:{node}:{room}`, `ssechat:nrooms:{node}`, `ssechat:nodes`;
+//! `ssechat:pt:{room}` (tally), `ssechat:pnode:{node}:{room}`, `ssechat:nrooms:{node}`, `ssechat:nodes`;
 //! channel `ssechat:events`.
 
 pub mod history;

@@ -1,10 +1,12 @@
 //! Cluster mode's presence, and the chat's cluster port built on it.
 //!
-//! [`Presence`] makes the blocking Redis calls (`join.lua`, `leave.lua`,
+//! [`Presence`] makes the blocking Redis calls (`batch.lua`, `online.lua`,
 //! `reap.lua`, heartbeats); [`RedisCluster`] is what the chat holds: its
-//! join and leave calls queue up and run one at a time in the order the
-//! hub issued them (a leave and a re-join of the same client must not
-//! swap); [`heartbeat`] keeps the node alive and reaps dead ones.
+//! join, leave and typing calls queue up in the order the hub issued them
+//! (a leave and a re-join of the same client must not swap) and go to
+//! Redis in gathering windows, one script call per room per window, so a
+//! crowd arriving costs one publish per node per window, not one per join;
+//! [`heartbeat`] keeps the node alive and reaps dead ones.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,17 +17,21 @@ use tokio_util::sync::CancellationToken;
 
 use super::{now_ms, Conn};
 use crate::chat::cluster::Cluster;
+use crate::chat::cluster::{ClusterPresence, Joined, PRESENCE_GATHER};
 use crate::chat::history::HistoryResult;
-use crate::chat::hub::ClusterPresence;
+use crate::chat::message::Tally;
 use crate::chat::types::{ClientId, DisplayName, RoomName};
 
-const JOIN: &str = include_str!("join.lua");
 const LEAVE_FN: &str = include_str!("leave_fn.lua");
-const LEAVE: &str = include_str!("leave.lua");
+const BATCH: &str = include_str!("batch.lua");
+const ONLINE: &str = include_str!("online.lua");
 const REAP: &str = include_str!("reap.lua");
 
 /// A lost leave would show the client online for as long as this node
-/// lives: it is retried this many times, this far apart, while Redis is away.
+/// lives: a window whose call failed has its leaves retried this many
+/// times, this far apart, while Redis is away (joins and typing are not
+/// retried: the hello falls back to this node's count, and typing is
+/// stale by then).
 const LEAVE_ATTEMPTS: u32 = 20;
 const LEAVE_RETRY: Duration = Duration::from_millis(500);
 
@@ -41,8 +47,8 @@ pub struct Presence {
     node: String,
     /// How long this node's heartbeat keeps its presence alive.
     node_ttl: Duration,
-    join: Script,
-    leave: Script,
+    batch: Script,
+    online: Script,
     reap: Script,
 }
 
@@ -52,8 +58,8 @@ impl Presence {
             conn,
             node,
             node_ttl,
-            join: Script::new(JOIN),
-            leave: Script::new(&format!("{LEAVE_FN}{LEAVE}")),
+            batch: Script::new(&format!("{LEAVE_FN}{BATCH}")),
+            online: Script::new(ONLINE),
             reap: Script::new(&format!("{LEAVE_FN}{REAP}")),
         }
     }
@@ -63,40 +69,46 @@ impl Presence {
         &self.node
     }
 
-    /// Registers a stream's client in a room, cluster-wide; returns the
-    /// cluster-wide online count. Publishes `join` if the client was not
-    /// online anywhere.
-    pub fn join(
-        &self,
-        room: &RoomName,
-        client: ClientId,
-        name: &DisplayName,
-    ) -> HistoryResult<usize> {
+    /// Sends one window of one room's operations (see `batch.lua`);
+    /// returns the cluster-wide online count and the room's tally after it.
+    pub fn batch(&self, room: &RoomName, ops: &[PresenceOp]) -> HistoryResult<Joined> {
         let expiry = now_ms() + self.node_ttl.as_millis() as u64;
-        self.conn.with_retry(|c| {
-            self.join
-                .key(format!("ssechat:pc:{room}"))
-                .key(format!("ssechat:pn:{room}"))
-                .key(format!("ssechat:pnode:{}:{room}", self.node))
-                .key(format!("ssechat:nrooms:{}", self.node))
-                .key("ssechat:nodes")
-                .arg(client.to_hex())
-                .arg(name.as_str())
-                .arg(room.as_str())
-                .arg(&self.node)
-                .arg(expiry)
-                .invoke(c)
+        let (online, joined, left): (usize, u64, u64) = self.conn.with_retry(|c| {
+            let mut call = self.batch.prepare_invoke();
+            call.arg(room.as_str()).arg(&self.node).arg(expiry);
+            for op in ops {
+                let (kind, client, name) = match op {
+                    PresenceOp::Join(client, name, _) => ("j", client, name.as_str()),
+                    PresenceOp::Leave(client) => ("l", client, ""),
+                    PresenceOp::Typing(client, name) => ("t", client, name.as_str()),
+                };
+                call.arg(kind).arg(client.to_hex()).arg(name);
+            }
+            call.invoke(c)
+        })?;
+        Ok(Joined {
+            online,
+            tally: Tally { joined, left },
         })
     }
 
-    pub fn leave(&self, room: &RoomName, client: ClientId) -> HistoryResult<usize> {
-        self.conn.with_retry(|c| {
-            self.leave
-                .arg(room.as_str())
-                .arg(&self.node)
-                .arg(client.to_hex())
-                .invoke(c)
-        })
+    /// The cluster-wide count and up to `limit` (≤ 100) names, sorted: one
+    /// round trip.
+    pub fn online_names(
+        &self,
+        room: &RoomName,
+        limit: usize,
+    ) -> HistoryResult<(usize, Vec<DisplayName>)> {
+        let (n, names): (usize, Vec<String>) = self
+            .conn
+            .with_retry(|c| self.online.arg(room.as_str()).invoke(c))?;
+        let mut names: Vec<DisplayName> = names
+            .iter()
+            .filter_map(|n| DisplayName::parse(n).ok())
+            .collect();
+        names.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+        names.truncate(limit);
+        Ok((n, names))
     }
 
     pub fn online(&self, room: &RoomName) -> HistoryResult<usize> {
@@ -165,28 +177,64 @@ pub async fn heartbeat(presence: Arc<Presence>, cancel: CancellationToken) {
     }
 }
 
-enum PresenceOp {
-    Join(RoomName, ClientId, DisplayName, oneshot::Sender<usize>),
-    Leave(RoomName, ClientId),
+/// One presence operation of this node, queued for its room's window.
+pub enum PresenceOp {
+    Join(ClientId, DisplayName, oneshot::Sender<Joined>),
+    Leave(ClientId),
+    Typing(ClientId, DisplayName),
 }
 
 /// The chat's cluster port, on Redis.
 pub struct RedisCluster {
     presence: Arc<Presence>,
     conn: Arc<Conn>,
-    queue: mpsc::UnboundedSender<PresenceOp>,
+    queue: mpsc::UnboundedSender<(RoomName, PresenceOp)>,
 }
 
 impl RedisCluster {
     /// Starts the presence queue (call within the tokio runtime). Its task
     /// ends once the cluster is dropped and the queue has drained.
+    ///
+    /// Windows: an operation after a quiet spell goes at once (a lone
+    /// join's hello waits for it); the next window opens a
+    /// [`PRESENCE_GATHER`] after the last one was sent and takes all that
+    /// queued meanwhile, every room in one round trip of the task.
     pub fn start(presence: Arc<Presence>) -> Self {
-        let (queue, mut rx) = mpsc::unbounded_channel::<PresenceOp>();
+        let (queue, mut rx) = mpsc::unbounded_channel::<(RoomName, PresenceOp)>();
         let p = presence.clone();
         tokio::spawn(async move {
-            while let Some(op) = rx.recv().await {
+            let mut last = tokio::time::Instant::now() - PRESENCE_GATHER;
+            let mut retry: Vec<(RoomName, PresenceOp)> = Vec::new();
+            let mut attempts = 0;
+            loop {
+                if retry.is_empty() {
+                    match rx.recv().await {
+                        Some(op) => retry.push(op),
+                        None => return,
+                    }
+                }
+                tokio::time::sleep_until(last + PRESENCE_GATHER).await;
+                last = tokio::time::Instant::now();
+                let mut ops = std::mem::take(&mut retry);
+                while let Ok(op) = rx.try_recv() {
+                    ops.push(op);
+                }
                 let p = p.clone();
-                let _ = tokio::task::spawn_blocking(move || run_op(&p, op)).await;
+                let failed = tokio::task::spawn_blocking(move || send_window(&p, ops))
+                    .await
+                    .unwrap_or_default();
+                if failed.is_empty() {
+                    attempts = 0;
+                    continue;
+                }
+                attempts += 1;
+                if attempts >= LEAVE_ATTEMPTS {
+                    tracing::error!(leaves = failed.len(), "cluster leaves lost");
+                    attempts = 0;
+                    continue;
+                }
+                retry = failed;
+                last += LEAVE_RETRY;
             }
         });
         RedisCluster {
@@ -197,26 +245,37 @@ impl RedisCluster {
     }
 }
 
-fn run_op(p: &Presence, op: PresenceOp) {
-    match op {
-        PresenceOp::Join(room, client, name, reply) => match p.join(&room, client, &name) {
-            Ok(online) => {
-                let _ = reply.send(online);
-            }
-            Err(e) => tracing::warn!(room = %room, error = %e, "cluster join failed"),
-        },
-        PresenceOp::Leave(room, client) => {
-            for attempt in 1..=LEAVE_ATTEMPTS {
-                match p.leave(&room, client) {
-                    Ok(_) => return,
-                    Err(e) if attempt == LEAVE_ATTEMPTS => {
-                        tracing::error!(room = %room, error = %e, "cluster leave lost")
+/// Sends a window: one script call per room; answers the joins. Returns
+/// the leaves of rooms whose call failed, to try again.
+fn send_window(p: &Presence, ops: Vec<(RoomName, PresenceOp)>) -> Vec<(RoomName, PresenceOp)> {
+    let mut rooms: Vec<(RoomName, Vec<PresenceOp>)> = Vec::new();
+    for (room, op) in ops {
+        match rooms.iter_mut().find(|(r, _)| *r == room) {
+            Some((_, list)) => list.push(op),
+            None => rooms.push((room, vec![op])),
+        }
+    }
+    let mut failed = Vec::new();
+    for (room, ops) in rooms {
+        match p.batch(&room, &ops) {
+            Ok(joined) => {
+                for op in ops {
+                    if let PresenceOp::Join(_, _, reply) = op {
+                        let _ = reply.send(joined);
                     }
-                    Err(_) => std::thread::sleep(LEAVE_RETRY),
                 }
+            }
+            Err(e) => {
+                tracing::warn!(room = %room, error = %e, "cluster presence failed; its leaves are retried");
+                failed.extend(
+                    ops.into_iter()
+                        .filter(|op| matches!(op, PresenceOp::Leave(_)))
+                        .map(|op| (room.clone(), op)),
+                );
             }
         }
     }
+    failed
 }
 
 impl ClusterPresence for RedisCluster {
@@ -225,16 +284,22 @@ impl ClusterPresence for RedisCluster {
         room: &RoomName,
         client: ClientId,
         name: &DisplayName,
-    ) -> oneshot::Receiver<usize> {
+    ) -> oneshot::Receiver<Joined> {
         let (reply, rx) = oneshot::channel();
         let _ = self
             .queue
-            .send(PresenceOp::Join(room.clone(), client, name.clone(), reply));
+            .send((room.clone(), PresenceOp::Join(client, name.clone(), reply)));
         rx
     }
 
     fn leave(&self, room: &RoomName, client: ClientId) {
-        let _ = self.queue.send(PresenceOp::Leave(room.clone(), client));
+        let _ = self.queue.send((room.clone(), PresenceOp::Leave(client)));
+    }
+
+    fn typing(&self, room: &RoomName, client: ClientId, name: &DisplayName) {
+        let _ = self
+            .queue
+            .send((room.clone(), PresenceOp::Typing(client, name.clone())));
     }
 }
 
@@ -245,6 +310,10 @@ impl Cluster for RedisCluster {
 
     fn online_many(&self, rooms: &[RoomName]) -> Option<Vec<usize>> {
         self.presence.online_many(rooms).ok()
+    }
+
+    fn online_names(&self, room: &RoomName, limit: usize) -> Option<(usize, Vec<DisplayName>)> {
+        self.presence.online_names(room, limit).ok()
     }
 
     fn is_healthy(&self) -> bool {

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Conn, CHANNEL, IO_TIMEOUT};
 use crate::chat::cluster::Inbox;
-use crate::chat::message::{Message, PresenceKind};
+use crate::chat::cluster::PresenceBatch;
+use crate::chat::message::{Change, Message, PresenceKind, Tally};
 use crate::chat::types::{ClientId, DisplayName, EventId, RoomName};
 
 /// First wait after losing Redis; doubles up to `MAX_BACKOFF`.
@@ -25,17 +26,56 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 enum Published {
     Message(Message),
-    /// A join or leave, counted cluster-wide.
-    Presence {
-        room: RoomName,
-        kind: PresenceKind,
-        online: usize,
-        client: ClientId,
-        name: DisplayName,
-    },
+    /// A room's presence changes and typing, as one node's window made them.
+    Presence(PresenceBatch),
+}
+
+fn parse_tally(s: &str) -> Option<Tally> {
+    let (j, l) = s.split_once(' ')?;
+    Some(Tally {
+        joined: j.parse().ok()?,
+        left: l.parse().ok()?,
+    })
+}
+
+/// `b` payloads (see `leave_fn.lua`): room, online, tally before, tally
+/// after, then one line per change (`j`/`l`) or typing notice (`t`):
+/// `KIND CLIENT NAME` (names have no control characters).
+fn parse_batch(batch: &str) -> Option<PresenceBatch> {
+    let mut lines = batch.split('\n');
+    let room = RoomName::parse(lines.next()?).ok()?;
+    let online = lines.next()?.parse().ok()?;
+    let from = parse_tally(lines.next()?)?;
+    let to = parse_tally(lines.next()?)?;
+    let (mut changes, mut typing) = (Vec::new(), Vec::new());
+    for line in lines {
+        let mut parts = line.splitn(3, ' ');
+        let (kind, client, name) = (parts.next()?, parts.next()?, parts.next()?);
+        let (about, name) = (ClientId::from_hex(client), DisplayName::parse(name).ok()?);
+        let kind = match kind {
+            "j" => PresenceKind::Join,
+            "l" => PresenceKind::Leave,
+            _ => {
+                typing.push((about, name));
+                continue;
+            }
+        };
+        changes.push(Change { kind, name, about });
+    }
+    Some(PresenceBatch {
+        room,
+        from,
+        to,
+        online,
+        changes,
+        typing,
+    })
 }
 
 fn parse_published(payload: &str) -> Option<Published> {
+    if let Some(batch) = payload.strip_prefix("b\n") {
+        return parse_batch(batch).map(Published::Presence);
+    }
     let mut parts = payload.splitn(7, '\n');
     match parts.next()? {
         "m" => {
@@ -53,19 +93,6 @@ fn parse_published(payload: &str) -> Option<Published> {
                 ts,
                 sender,
             }))
-        }
-        "p" => {
-            let kind = match parts.next()? {
-                "join" => PresenceKind::Join,
-                _ => PresenceKind::Leave,
-            };
-            Some(Published::Presence {
-                kind,
-                room: RoomName::parse(parts.next()?).ok()?,
-                online: parts.next()?.parse().ok()?,
-                client: ClientId::from_hex(parts.next()?),
-                name: DisplayName::parse(parts.next()?).ok()?,
-            })
         }
         _ => None,
     }
@@ -140,13 +167,7 @@ pub async fn run(
                     last_seen = last_seen.max(m.id);
                     inbox.messages(vec![m]);
                 }
-                Some(Published::Presence {
-                    room,
-                    kind,
-                    online,
-                    client,
-                    name,
-                }) => inbox.presence(&room, kind, &name, online, client),
+                Some(Published::Presence(batch)) => inbox.presence(batch),
                 None => tracing::warn!("ignored a malformed event from Redis"),
             }
         }
@@ -170,21 +191,28 @@ mod tests {
         assert_eq!(m.id, EventId(42));
         assert_eq!(m.text, "line1\nline2\n\nend");
         assert_eq!(m.sender, ClientId(10));
-        let Some(Published::Presence {
-            room,
-            kind,
-            online,
-            client,
-            name,
-        }) = parse_published("p\nleave\nlobby\n3\n0a\nbob")
+        let Some(Published::Presence(b)) =
+            parse_published("b\nlobby\n3\n4 1\n5 2\nj 0a bob smith\nl 0b al\nt 0c cy")
         else {
             panic!()
         };
-        assert_eq!(room.as_str(), "lobby");
-        assert_eq!(kind, PresenceKind::Leave);
-        assert_eq!(online, 3);
-        assert_eq!(client, ClientId(10));
-        assert_eq!(name.as_str(), "bob");
+        assert_eq!(b.room.as_str(), "lobby");
+        assert_eq!(
+            (b.online, b.from, b.to),
+            (
+                3,
+                Tally { joined: 4, left: 1 },
+                Tally { joined: 5, left: 2 }
+            )
+        );
+        assert_eq!(b.changes.len(), 2);
+        assert_eq!(b.changes[0].about, ClientId(10));
+        assert_eq!(b.changes[0].name.as_str(), "bob smith");
+        assert_eq!(b.changes[1].kind, PresenceKind::Leave);
+        assert_eq!(
+            b.typing,
+            [(ClientId(12), DisplayName::parse("cy").unwrap())]
+        );
         assert!(parse_published("x\n").is_none());
     }
 }

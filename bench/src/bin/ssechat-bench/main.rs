@@ -23,6 +23,7 @@
 
 mod http;
 mod sys;
+mod watcher;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
@@ -127,6 +128,13 @@ struct Args {
     /// it ends, so a profiler (perf stat/record) can cover just that phase.
     #[arg(long, value_name = "PATH")]
     phase_file: Option<std::path::PathBuf>,
+
+    /// Open one watching stream before the subscribers and keep it through
+    /// the run and the leave storm: reports whether it was cut off, the
+    /// presence events it got in each storm, and (ssechat) how soon after
+    /// everybody left it heard the room was down to itself.
+    #[arg(long)]
+    watcher: bool,
 
     /// Print a free loopback TCP port and exit (for scripts).
     #[arg(long)]
@@ -566,6 +574,15 @@ struct Report {
     settle_s: f64,
     /// `--idle-only`: all subscribers closed → a new one got its hello.
     reconnect_ms: Option<f64>,
+    /// `--watcher`: the server ended the watching stream.
+    watcher_cut_off: Option<bool>,
+    watcher_error: Option<String>,
+    /// Presence events (join, leave, presence) the watcher got while the
+    /// subscribers connected (and the run went on), and while they left.
+    watcher_presence_join: Option<u64>,
+    watcher_presence_leave: Option<u64>,
+    /// All subscribers closed → the watcher told it is alone (ssechat).
+    leave_s: Option<f64>,
     timed_out: bool,
     ok: bool,
     // --startup-probe
@@ -798,6 +815,27 @@ async fn run(args: &Args, target: Target) -> Report {
             fatal(format!("cannot read /proc/{p}/status"));
         }
     }
+    let (watch_stop_tx, watch_stop_rx) = watch::channel(false);
+    let watching = args.watcher.then(|| {
+        let w = watcher::Watcher::new();
+        let task = tokio::spawn(watcher::watch_room(
+            target.clone(),
+            args.mode,
+            sh.room.clone(),
+            w.clone(),
+            watch_stop_rx,
+        ));
+        (w, task)
+    });
+    if let Some((w, _)) = &watching {
+        let t0 = Instant::now();
+        while !w.ready.load(Relaxed) && !w.cut_off.load(Relaxed) {
+            if t0.elapsed() > Duration::from_secs(10) {
+                fatal("the watcher got no hello within 10 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let t_connect = Instant::now();
@@ -940,7 +978,11 @@ async fn run(args: &Args, target: Target) -> Report {
         }
     }
 
-    // Close everything.
+    // Close everything: the leave storm, if a watcher watches.
+    if let Some((w, _)) = &watching {
+        w.phase.store(watcher::LEAVING, Relaxed);
+    }
+    let t_leave = Instant::now();
     let _ = stop_tx.send(true);
     if let Some(d) = dispatcher {
         d.abort();
@@ -960,6 +1002,22 @@ async fn run(args: &Args, target: Target) -> Report {
             Ok(Ok(s)) => stats.push(s),
             _ => abort.abort(),
         }
+    }
+
+    if let Some((w, task)) = watching {
+        if args.mode == Mode::Ssechat {
+            if w.until_online(1, Duration::from_secs(30)).await {
+                report.leave_s = Some(t_leave.elapsed().as_secs_f64());
+            }
+        } else {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        let _ = watch_stop_tx.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        report.watcher_cut_off = Some(w.cut_off.load(Relaxed));
+        report.watcher_error = w.error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        report.watcher_presence_join = Some(w.presence[0].load(Relaxed));
+        report.watcher_presence_leave = Some(w.presence[1].load(Relaxed));
     }
 
     if args.idle_only && !report.timed_out {
@@ -1040,6 +1098,7 @@ async fn run(args: &Args, target: Target) -> Report {
         && report.order_mismatch == 0
         && report.post_errors == 0
         && report.connect_failed == 0
+        && report.watcher_cut_off != Some(true)
         && (!args.idle_only || report.reconnect_ms.is_some());
     report
 }
@@ -1161,6 +1220,19 @@ fn print_summary(args: &Args, r: &Report) {
             opt(r.deliveries_per_s, 0),
             opt(r.posts_per_s, 0),
             opt(r.post_phase_s, 3)
+        );
+    }
+    if let Some(cut) = r.watcher_cut_off {
+        let _ = writeln!(
+            out,
+            "  watcher: {}; presence events {} while joining, {} while leaving; alone again after {} s{}",
+            if cut { "CUT OFF" } else { "stayed connected" },
+            r.watcher_presence_join.unwrap_or(0),
+            r.watcher_presence_leave.unwrap_or(0),
+            opt(r.leave_s, 2),
+            r.watcher_error
+                .as_ref()
+                .map_or(String::new(), |e| format!(" ({e})"))
         );
     }
     let _ = writeln!(
