@@ -142,10 +142,11 @@ pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Inf
         .and(get_or_head())
         .and(s.clone())
         .map(ops::metrics);
-    let assets = warp::path!("static" / String)
+    let assets = warp::path("static")
+        .and(warp::path::tail())
         .and(get_or_head())
         .and(warp::header::headers_cloned())
-        .map(assets::serve);
+        .map(|tail: warp::path::Tail, h: HeaderMap| assets::serve(tail.as_str(), &h));
 
     index
         .or(chat_page)

@@ -261,12 +261,18 @@ async fn a_subscriber_that_never_reads_is_dropped_and_recovers_by_replay() {
         .copied()
         .unwrap_or_else(|| start.parse().unwrap());
     assert!(resume < newest, "the sloth really missed messages");
-    let mut again = events_at(
-        &http,
-        &server.url("/chat/events?room=s"),
-        &[("last-event-id", &resume.to_string())],
-    )
-    .await;
+    // The answer starts after the replay of up to 3,000 messages is read:
+    // the same generous bound as the posts.
+    let reopened = http
+        .get(server.url("/chat/events?room=s"))
+        .header("last-event-id", resume.to_string())
+        .send();
+    let mut again = crate::helpers::SseClient::new(
+        tokio::time::timeout(bound, reopened)
+            .await
+            .expect("the stream reopens in time")
+            .unwrap(),
+    );
     again.expect("hello").await;
     let mut got = seen.clone();
     while *got.last().unwrap_or(&0) < newest {

@@ -225,8 +225,11 @@ async fn crowd_comes_and_goes(
     let (at, msg) = seen.until(&mut rx, None).await.expect("the message");
     assert_eq!(msg["text"], "mid-storm");
     let latency = at - sent;
+    // Unloaded this is a few milliseconds; 3 s is generous for a loaded
+    // 2-core machine (1.2 s seen at load 28) and still far below waiting
+    // for the storm to pass.
     assert!(
-        latency < Duration::from_secs(1),
+        latency < Duration::from_secs(3),
         "message took {latency:?} mid-storm"
     );
     let crowd = tokio::time::timeout(WAIT * 3, storm)

@@ -324,3 +324,24 @@ impl Cluster for RedisCluster {
         self.presence.reap_self();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A script that calls a helper the prepended functions do not define
+    /// fails only when Redis runs it: check every call has its definition.
+    #[test]
+    fn every_helper_a_script_calls_is_defined() {
+        for (name, script) in [("batch.lua", BATCH), ("reap.lua", REAP)] {
+            for helper in ["leave", "tally", "publish"] {
+                if script.contains(&format!("{helper}(")) {
+                    assert!(
+                        LEAVE_FN.contains(&format!("local function {helper}(")),
+                        "{name} calls {helper}(), which leave_fn.lua does not define"
+                    );
+                }
+            }
+        }
+    }
+}
