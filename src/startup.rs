@@ -21,8 +21,8 @@ use crate::chat::history::History;
 use crate::chat::{Chat, StartError};
 use crate::config::{Config, Database};
 use crate::http::{routes, AppState, PeerAddr};
-use crate::limits::Limits;
-use crate::metrics::Metrics;
+use crate::limits::{AcceptErrors, Limits};
+use crate::metrics::{Metrics, Reason};
 use crate::stall::StallTimeout;
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{presence, subscriber, Redis, RedisCluster};
@@ -97,13 +97,16 @@ impl Application {
                 return Err(StartupError::Bind { addr, source });
             }
         };
-        let limits = Arc::new(Limits::new(
-            config.post_rate,
-            config.post_burst,
-            config.max_streams,
-            config.max_streams_per_ip,
-            config.max_long_polls,
-        ));
+        let limits = Arc::new(
+            Limits::new(
+                config.post_rate,
+                config.post_burst,
+                config.max_streams,
+                config.max_streams_per_ip,
+                config.max_long_polls,
+            )
+            .with_per_ip(config.max_long_polls_per_ip, config.max_connections_per_ip),
+        );
         Ok(Application {
             listener,
             addr,
@@ -156,8 +159,10 @@ impl Application {
 
         // One copy of the route tree, shared: each connection holds an Arc,
         // each request clones the tree only for as long as it runs.
+        let limits = state.limits.clone();
         let svc = Arc::new(warp::service(routes(state)));
         let mut shutdown = std::pin::pin!(shutdown);
+        let mut accept_errors = AcceptErrors::default();
         tracing::info!(%addr, db = %config.db, "listening on http://{addr}/");
         loop {
             let (stream, peer) = tokio::select! {
@@ -166,11 +171,27 @@ impl Application {
                     Ok(pair) => pair,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
-                        tracing::error!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        let wait = accept_errors.failed(&e, &metrics);
+                        tokio::time::sleep(wait).await;
                         continue;
                     }
                 },
+            };
+            accept_errors.succeeded();
+            // One address may hold only its share of connections; beyond
+            // it, closed at once (a proxy speaks for many and is not capped).
+            let trusted = config
+                .trusted_proxies
+                .iter()
+                .any(|n| n.contains(&peer.ip()));
+            let permit = match limits.acquire_connection(peer.ip()) {
+                Some(p) => Some(p),
+                None if trusted => None,
+                None => {
+                    metrics.rejected(Reason::too_many_connections);
+                    drop(stream);
+                    continue;
+                }
             };
             let _ = stream.set_nodelay(true);
             // A bounded kernel send buffer bounds what a peer that stops
@@ -201,6 +222,7 @@ impl Application {
                     .max_buf_size(MAX_HEAD_BYTES)
                     .serve_connection(io, service));
                 let _ = until_cancelled(conn, &closing).await;
+                drop(permit);
             });
         }
 

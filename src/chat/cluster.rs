@@ -29,6 +29,10 @@ pub trait Cluster: ClusterPresence + Send + Sync + 'static {
     /// the cluster does not answer (the chat then uses this node's count).
     fn online(&self, room: &RoomName) -> Option<usize>;
 
+    /// [`Cluster::online`] of each of `rooms`, in order, asked at once (one
+    /// round trip, not one per room), or `None` if the cluster does not
+    /// answer.
+    fn online_many(&self, rooms: &[RoomName]) -> Option<Vec<usize>>;
     /// The count and up to `limit` names, sorted (a sample when there are
     /// more), or `None` if the cluster does not answer.
     fn online_names(&self, room: &RoomName, limit: usize) -> Option<(usize, Vec<DisplayName>)>;

@@ -13,10 +13,12 @@ pub mod history;
 pub(crate) mod hub;
 pub mod message;
 pub mod presence;
+pub mod replay;
 pub mod subscriber;
 pub mod types;
 mod writer;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +29,7 @@ use self::fanout::RecvError;
 use self::history::{History, HistoryError, NewMessage};
 use self::hub::{Hub, Subscription};
 use self::message::{messages_after, Event, Format, Message};
+use self::replay::{Fetch, Replay};
 use self::subscriber::EventStream;
 use self::types::{ClientId, DisplayName, EventId, RoomName};
 use self::writer::Writer;
@@ -34,6 +37,9 @@ use crate::metrics::Metrics;
 
 pub use self::hub::TypingTooOften;
 pub use self::writer::Accepted;
+
+/// Rooms the welcome page lists at most.
+pub const LISTED_ROOMS: usize = 50;
 
 /// How long opening a stream waits for the cluster-wide online count before
 /// it says this node's.
@@ -63,39 +69,57 @@ pub struct Chat {
     cluster: Option<Arc<dyn Cluster>>,
 }
 
-/// A stream, opened: the client's name, how many are online, what it
-/// missed, and the live subscription its body reads.
+/// A stream, opened: the client's name, how many are online, the first
+/// page of what it missed, and the live subscription its body reads.
 pub struct OpenStream {
     pub name: DisplayName,
     pub online: usize,
-    /// Messages after the client's `since` / `Last-Event-ID`, oldest first.
-    pub replay: Vec<Message>,
+    /// Where the stream resumes: the client's `since` / `Last-Event-ID`,
+    /// or the room's newest id if that was beyond it (a history reset or
+    /// restored: an id from the future must not hide what comes next).
+    pub since: Option<EventId>,
+    /// The first page of messages after `since`, oldest first; the body
+    /// reads the rest page by page.
+    first_page: Vec<Message>,
+    chat: Chat,
+    room: RoomName,
     client: ClientId,
     sub: Subscription,
     metrics: Arc<Metrics>,
 }
 
 impl OpenStream {
-    /// The stream's body: `prelude`, then the room's live events newer than
-    /// `last_id`. `guards` are dropped with the stream.
+    /// The stream's body: `prelude`, the replay after `since`, then the
+    /// room's live events newer than what it sent. `guards` are dropped
+    /// with the stream.
     pub fn into_body<G>(
         self,
         prelude: Vec<Bytes>,
         format: Format,
-        last_id: Option<EventId>,
         retry_ms: u64,
         guards: G,
     ) -> EventStream<G> {
-        EventStream::new(
-            self.sub,
-            prelude,
-            self.client,
-            format,
-            last_id,
-            retry_ms,
-            self.metrics,
-            guards,
-        )
+        let OpenStream {
+            since,
+            first_page,
+            chat,
+            room,
+            client,
+            sub,
+            metrics,
+            ..
+        } = self;
+        let body = EventStream::new(
+            sub, prelude, client, format, since, retry_ms, metrics, guards,
+        );
+        if since.is_none() {
+            return body;
+        }
+        let fetch: Fetch = Box::new(move |after| {
+            let (chat, room) = (chat.clone(), room.clone());
+            tokio::spawn(async move { chat.after(&room, Some(after), replay::PAGE).await })
+        });
+        body.with_replay(Replay::new(first_page, fetch))
     }
 }
 
@@ -258,20 +282,58 @@ impl Chat {
         self.hub.typing(room, client, name, ip)
     }
 
-    /// Rooms worth listing: those with history and those with someone
-    /// online on this node, each with its online count, busiest first.
+    /// The busiest rooms, at most [`LISTED_ROOMS`], each with its online
+    /// count: the most people online first, then the most recently
+    /// active. Anyone may create rooms, so the list is bounded and costs
+    /// the same however many there are: one history query (the most
+    /// recently active), this node's presence, and in a cluster one round
+    /// trip for the online counts.
     pub async fn room_list(&self) -> Result<Vec<(RoomName, usize)>, ChatError> {
-        let mut names = self.rooms().await?;
-        names.extend(self.hub.rooms_online().into_iter().map(|(r, _)| r));
-        names.sort();
-        names.dedup();
-        let mut rooms = Vec::with_capacity(names.len());
-        for r in names {
-            let online = self.online(&r).await;
-            rooms.push((r, online));
+        let active = self.read(|h| h.rooms(LISTED_ROOMS)).await?;
+        let online_here: HashMap<RoomName, usize> = self.hub.rooms_online().into_iter().collect();
+        let mut crowded: Vec<(&RoomName, usize)> =
+            online_here.iter().map(|(r, n)| (r, *n)).collect();
+        if crowded.len() > LISTED_ROOMS {
+            crowded.select_nth_unstable_by(LISTED_ROOMS - 1, |a, b| b.1.cmp(&a.1));
+            crowded.truncate(LISTED_ROOMS);
         }
-        rooms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        Ok(rooms)
+        // In order of activity; the crowded rooms without history after.
+        let mut names = active;
+        let mut crowded: Vec<RoomName> = crowded.into_iter().map(|(r, _)| r.clone()).collect();
+        crowded.sort();
+        for r in crowded {
+            if !names.contains(&r) {
+                names.push(r);
+            }
+        }
+        let cluster_counts = match self.cluster.clone() {
+            Some(cluster) => {
+                let asked = names.clone();
+                tokio::task::spawn_blocking(move || cluster.online_many(&asked))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            None => None,
+        };
+        let mut rooms: Vec<(RoomName, usize, usize)> = names
+            .into_iter()
+            .enumerate()
+            .map(|(rank, r)| {
+                let here = online_here.get(&r).copied().unwrap_or(0);
+                let online = cluster_counts
+                    .as_ref()
+                    .and_then(|c| c.get(rank))
+                    .map_or(here, |&n| n.max(here));
+                (r, online, rank)
+            })
+            .collect();
+        rooms.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
+        rooms.truncate(LISTED_ROOMS);
+        Ok(rooms
+            .into_iter()
+            .map(|(r, online, _)| (r, online))
+            .collect())
     }
 
     /// Opens a client's stream in `room`: counts it as present, subscribes
@@ -303,17 +365,45 @@ impl Chat {
             None if self.cluster.is_some() => self.online(room).await,
             None => sub.online,
         };
-        let replay = match since {
-            Some(after) => self.after(room, Some(after), usize::MAX).await?,
-            None => Vec::new(),
+        let (first_page, since) = match since {
+            Some(after) => {
+                let page = self.after(room, Some(after), replay::PAGE).await?;
+                let since = if page.is_empty() {
+                    self.clamped(room, after).await?
+                } else {
+                    Some(after)
+                };
+                (page, since)
+            }
+            None => (Vec::new(), None),
         };
         Ok(OpenStream {
             name: name.clone(),
             online,
-            replay,
+            since,
+            first_page,
+            chat: self.clone(),
+            room: room.clone(),
             client,
             sub,
             metrics: self.hub.metrics().clone(),
+        })
+    }
+
+    /// `since`, or the room's newest id if `since` is beyond it (none if
+    /// the room has no message): after a history reset or a restored
+    /// backup, a client's id may be from the future, and what is newer
+    /// than the room's newest is what it must get.
+    pub async fn clamped(
+        &self,
+        room: &RoomName,
+        since: EventId,
+    ) -> Result<Option<EventId>, ChatError> {
+        let newest = self.last_id(room).await?;
+        Ok(if newest < Some(since) {
+            newest
+        } else {
+            Some(since)
         })
     }
 
@@ -344,6 +434,12 @@ impl Chat {
         if !found.is_empty() {
             return Ok(Newer::Now(found));
         }
+        // Wait for what is newer than the room has, even if the client's
+        // id is from the future.
+        let since = match since {
+            Some(after) => self.clamped(room, after).await?,
+            None => None,
+        };
         Ok(Newer::Later(Box::new(Waiting {
             chat: self.clone(),
             room: room.clone(),
@@ -396,10 +492,6 @@ impl Chat {
     pub async fn last_id(&self, room: &RoomName) -> Result<Option<EventId>, ChatError> {
         let room = room.clone();
         self.read(move |s| s.last_id(&room)).await
-    }
-
-    pub async fn rooms(&self) -> Result<Vec<RoomName>, ChatError> {
-        self.read(|s| s.rooms()).await
     }
 
     pub async fn prune(&self, keep: usize) -> Result<u64, ChatError> {
@@ -477,7 +569,7 @@ mod tests {
         fn last_id(&self, room: &RoomName) -> HistoryResult<Option<EventId>> {
             Ok(self.latest(room, 1)?.pop().map(|m| m.id))
         }
-        fn rooms(&self) -> HistoryResult<Vec<RoomName>> {
+        fn rooms(&self, _limit: usize) -> HistoryResult<Vec<RoomName>> {
             Ok(Vec::new())
         }
         fn prune(&self, _keep: usize) -> HistoryResult<u64> {
@@ -582,29 +674,32 @@ mod tests {
         let chat = chat();
         let first = chat.post(msg("a")).await.unwrap();
         chat.post(msg("b")).await.unwrap();
-        let name = chat.name_for(ClientId(2), Some(&DisplayName::parse("me").unwrap()));
+        let name = chat.name_for(ClientId(2), Some(&DisplayName::parse("mine").unwrap()));
         let stream = chat
             .open_stream(&RoomName::lobby(), ClientId(2), &name, Some(first.id))
             .await
             .unwrap();
-        assert_eq!(texts(&stream.replay), ["b"]);
+        assert_eq!(texts(&stream.first_page), ["b"]);
         assert_eq!(stream.online, 1);
         assert_eq!(
             chat.name_for(ClientId(2), None).as_str(),
-            "me",
+            "mine",
             "remembered"
         );
-        let last = stream.replay.last().map(|m| m.id);
-        let mut body = stream.into_body(Vec::new(), Format::Text, last, 1000, ());
+        let mut body = stream.into_body(Vec::new(), Format::Text, 1000, ());
+        let wait = Duration::from_secs(10);
+        let replayed = tokio::time::timeout(wait, futures_util::StreamExt::next(&mut body))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(&replayed[..], b"event: message\nid: 2\ndata: n: b\n\n");
         chat.post(msg("c")).await.unwrap();
-        let chunk = tokio::time::timeout(
-            Duration::from_secs(10),
-            futures_util::StreamExt::next(&mut body),
-        )
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+        let chunk = tokio::time::timeout(wait, futures_util::StreamExt::next(&mut body))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(&chunk[..], b"event: message\nid: 3\ndata: n: c\n\n");
     }
 }

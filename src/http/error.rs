@@ -14,6 +14,8 @@ use crate::metrics::{Metrics, Reason};
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    #[error("the request body did not arrive within {0} s")]
+    RequestTimeout(u64),
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
     #[error("unsupported content type: send application/x-www-form-urlencoded, application/json or text/plain")]
@@ -68,9 +70,16 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Refused(Refused::Rate { .. } | Refused::TooManyStreamsFromIp)
+            ApiError::Refused(
+                Refused::Rate { .. }
+                | Refused::TooManyStreamsFromIp
+                | Refused::TooManyLongPollsFromIp
+                | Refused::TooManyReadsFromIp
+                | Refused::OpeningTooFast { .. },
+            )
             | ApiError::TypingTooOften { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Refused(Refused::TooManyStreams | Refused::TooManyLongPolls)
             | ApiError::ShuttingDown
@@ -86,14 +95,17 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) | ApiError::MethodNotAllowed => Reason::bad_request,
             ApiError::PayloadTooLarge(_) => Reason::body_too_large,
+            ApiError::RequestTimeout(_) => Reason::body_timeout,
             ApiError::UnsupportedMediaType => Reason::unsupported_media_type,
-            ApiError::Refused(Refused::Rate { .. }) | ApiError::TypingTooOften { .. } => {
-                Reason::rate_limited
-            }
+            ApiError::Refused(Refused::Rate { .. } | Refused::OpeningTooFast { .. })
+            | ApiError::TypingTooOften { .. } => Reason::rate_limited,
             ApiError::Refused(Refused::TooManyStreams | Refused::TooManyStreamsFromIp) => {
                 Reason::too_many_streams
             }
-            ApiError::Refused(Refused::TooManyLongPolls) => Reason::too_many_long_polls,
+            ApiError::Refused(Refused::TooManyLongPolls | Refused::TooManyLongPollsFromIp) => {
+                Reason::too_many_long_polls
+            }
+            ApiError::Refused(Refused::TooManyReadsFromIp) => Reason::too_many_reads,
             ApiError::ForbiddenOrigin => Reason::forbidden_origin,
             ApiError::ShuttingDown => Reason::shutting_down,
             ApiError::StorageUnavailable => Reason::storage_unavailable,
@@ -105,7 +117,9 @@ impl ApiError {
     /// Seconds the client should wait before retrying, if it should.
     fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::Refused(Refused::Rate { retry_after })
+            ApiError::Refused(
+                Refused::Rate { retry_after } | Refused::OpeningTooFast { retry_after },
+            )
             | ApiError::TypingTooOften { retry_after } => Some((*retry_after).max(1)),
             ApiError::Refused(Refused::TooManyStreams | Refused::TooManyLongPolls)
             | ApiError::ShuttingDown
@@ -132,6 +146,10 @@ impl ApiError {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(secs) = self.retry_after() {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let ApiError::RequestTimeout(_) = self {
+            // The rest of the body may still come: this connection is done.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         res
     }

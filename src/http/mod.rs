@@ -2,6 +2,7 @@
 //! one `recover` at the top.
 
 pub mod assets;
+pub mod client_addr;
 pub mod error;
 pub mod events;
 pub mod form;
@@ -13,8 +14,10 @@ pub mod pages;
 pub mod typing;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+
+use ipnet::IpNet;
 
 use warp::http::HeaderMap;
 use warp::reply::Response;
@@ -43,17 +46,32 @@ pub struct PeerAddr(pub SocketAddr);
 pub struct Ctx {
     pub headers: HeaderMap,
     pub query: String,
+    /// The connection's peer (a proxy, if there is one).
     pub peer: Option<SocketAddr>,
+    /// The client's address, through trusted proxies: what per-address
+    /// limits key on.
+    pub client: Option<IpAddr>,
+    /// The client reached us over HTTPS (so far: a trusted proxy says so
+    /// with `X-Forwarded-Proto`).
+    pub https: bool,
 }
 
-fn ctx() -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
+/// Builds each request's `Ctx`, resolving the client through `trusted`
+/// proxies.
+fn ctx_with(trusted: Arc<[IpNet]>) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
     warp::header::headers_cloned()
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::ext::optional::<PeerAddr>())
-        .map(|headers, query, peer: Option<PeerAddr>| Ctx {
-            headers,
-            query,
-            peer: peer.map(|p| p.0),
+        .map(move |headers: HeaderMap, query, peer: Option<PeerAddr>| {
+            let peer = peer.map(|p| p.0);
+            let client = peer.map(|p| client_addr::resolve(p.ip(), &headers, &trusted));
+            Ctx {
+                client: client.map(|c| c.ip),
+                https: client.is_some_and(|c| c.forwarded_https),
+                headers,
+                query,
+                peer,
+            }
         })
 }
 
@@ -77,6 +95,8 @@ type Handler = std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Se
 /// All routes.
 pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let s = with_state(state.clone());
+    let trusted: Arc<[IpNet]> = state.config.trusted_proxies.clone().into();
+    let ctx = move || ctx_with(trusted.clone());
     let index = warp::path::end()
         .and(get_or_head())
         .and(s.clone())

@@ -194,8 +194,10 @@ pub async fn chat(state: AppState, ctx: Ctx) -> Response {
         };
         let mut res = render(&page, &ctx.headers)?;
         if who.minted {
-            res.headers_mut()
-                .insert(header::SET_COOKIE, identity::set_cookie(&who.token));
+            res.headers_mut().insert(
+                header::SET_COOKIE,
+                identity::set_cookie(&who.token, ctx.https),
+            );
         }
         Ok::<_, ApiError>(res)
     }

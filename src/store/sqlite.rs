@@ -26,7 +26,7 @@ use crate::config::Durability;
 
 /// The schema this build writes. Older files are migrated on open; newer
 /// ones are refused (they may hold data this build would misread).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The `synchronous` pragma for a durability setting.
 fn sync_pragma(durability: Durability) -> &'static str {
@@ -230,6 +230,23 @@ fn migrate(conn: &Connection) -> Result<(), MigrateError> {
              COMMIT;",
         )?;
     }
+    if version < 2 {
+        // Each room's newest id, kept by the writer: the welcome page lists
+        // the most recently active rooms with one indexed read instead of
+        // grouping every message.
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE IF NOT EXISTS rooms (
+                 room    TEXT    PRIMARY KEY,
+                 last_id INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS rooms_last_id ON rooms (last_id);
+             INSERT OR REPLACE INTO rooms (room, last_id)
+                 SELECT room, MAX(id) FROM messages GROUP BY room;
+             PRAGMA user_version = 2;
+             COMMIT;",
+        )?;
+    }
     Ok(())
 }
 
@@ -272,6 +289,12 @@ impl History for SqliteStore {
                     "INSERT INTO messages (room, name, text, ts, sender) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(unavailable)?;
+            let mut touch_room = tx
+                .prepare_cached(
+                    "INSERT INTO rooms (room, last_id) VALUES (?1, ?2)
+                     ON CONFLICT (room) DO UPDATE SET last_id = excluded.last_id",
+                )
+                .map_err(unavailable)?;
             let mut insert_key = tx
                 .prepare_cached(
                     "INSERT INTO idempotency (sender, key, id, room) VALUES (?1, ?2, ?3, ?4)",
@@ -304,6 +327,9 @@ impl History for SqliteStore {
                     ])
                     .map_err(unavailable)?;
                 let id = tx.last_insert_rowid();
+                touch_room
+                    .execute(params![m.room.as_str(), id])
+                    .map_err(unavailable)?;
                 if let Some(key) = &m.client_msg_id {
                     insert_key
                         .execute(params![&sender[..], key.as_str(), id, m.room.as_str()])
@@ -356,10 +382,12 @@ impl History for SqliteStore {
         .map(|id| id.map(|i| EventId(i as u64)))
     }
 
-    fn rooms(&self) -> HistoryResult<Vec<RoomName>> {
+    fn rooms(&self, limit: usize) -> HistoryResult<Vec<RoomName>> {
+        let limit = limit.min(i64::MAX as usize) as i64;
         self.read(|c| {
-            let mut st = c.prepare_cached("SELECT DISTINCT room FROM messages ORDER BY room")?;
-            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            let mut st =
+                c.prepare_cached("SELECT room FROM rooms ORDER BY last_id DESC LIMIT ?1")?;
+            let rows = st.query_map([limit], |r| r.get::<_, String>(0))?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })
         .map(|names| {

@@ -316,6 +316,9 @@ async fn graceful_shutdown_with_many_streams_and_a_long_poll_exits_0_in_time() {
         ":memory:",
         "--max-streams-per-ip",
         "0",
+        // 300 streams from one address at once: past its opening rate.
+        "--post-rate",
+        "0",
         "--shutdown-timeout",
         "20",
     ]);

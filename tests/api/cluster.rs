@@ -427,6 +427,48 @@ async fn a_long_poll_on_one_node_is_released_by_a_post_on_another() {
 }
 
 #[tokio::test]
+async fn the_welcome_page_lists_the_50_busiest_rooms_across_nodes() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let t = token();
+    for i in 0..80 {
+        assert_eq!(post(&a, &t, &format!("w{i:02}"), "x").await.status(), 201);
+    }
+    // Two people in an old room, one on each node: the page counts both
+    // (rooms crowded only on other nodes are listed once they are active).
+    let (_s1, _) = subscribe(&a, &format!("room=w03&client={}", token())).await;
+    let (_s2, _) = subscribe(&b, &format!("room=w03&client={}", token())).await;
+    let html = reqwest::get(b.url("/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rooms: Vec<&str> = html
+        .split("href=\"/chat?room=")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap())
+        .collect();
+    assert_eq!(rooms.len(), 50, "{rooms:?}");
+    assert_eq!(&rooms[..3], ["w03", "w79", "w78"], "crowded, then recent");
+    assert!(html.contains("2 online"), "counted cluster-wide");
+    // Counted at commit on the appending node, before the 201.
+    let metrics = reqwest::get(a.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::helpers::metric_value(&metrics, "ssechat_messages_total"),
+        80.0
+    );
+}
+
+#[tokio::test]
 async fn a_node_that_cannot_bind_leaves_nothing_behind() {
     let Some(redis) = Redis::start(false) else {
         return;

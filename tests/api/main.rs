@@ -10,6 +10,7 @@ mod crowds;
 mod durability;
 mod external;
 mod history;
+mod hostile;
 mod ops;
 mod pages;
 mod sending;

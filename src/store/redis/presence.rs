@@ -116,6 +116,15 @@ impl Presence {
             .with_retry(|c| c.hlen(format!("ssechat:pc:{room}")))
     }
 
+    /// The online counts of `rooms`, in one round trip.
+    pub fn online_many(&self, rooms: &[RoomName]) -> HistoryResult<Vec<usize>> {
+        let mut pipe = redis::pipe();
+        for room in rooms {
+            pipe.hlen(format!("ssechat:pc:{room}"));
+        }
+        self.conn.with_retry(|c| pipe.query(c))
+    }
+
     /// Refreshes this node's heartbeat and reaps nodes whose heartbeat ran out.
     pub fn heartbeat(&self) -> HistoryResult<()> {
         let now = now_ms();
@@ -297,6 +306,10 @@ impl ClusterPresence for RedisCluster {
 impl Cluster for RedisCluster {
     fn online(&self, room: &RoomName) -> Option<usize> {
         self.presence.online(room).ok()
+    }
+
+    fn online_many(&self, rooms: &[RoomName]) -> Option<Vec<usize>> {
+        self.presence.online_many(rooms).ok()
     }
 
     fn online_names(&self, room: &RoomName, limit: usize) -> Option<(usize, Vec<DisplayName>)> {
