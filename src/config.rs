@@ -129,6 +129,49 @@ pub struct Config {
     /// none, so those headers are ignored and the peer is the client.
     #[arg(long, env = "SSECHAT_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
     pub trusted_proxies: Vec<IpNet>,
+
+    /// HTTPS: certificate chain file (PEM, the server's certificate first).
+    /// Needs --tls-key. SIGHUP reloads both files.
+    #[arg(long, env = "SSECHAT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// HTTPS: private key file (PEM) of --tls-cert.
+    #[arg(long, env = "SSECHAT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Over HTTPS, tell browsers to use only HTTPS for this host from now on
+    /// (Strict-Transport-Security, one year).
+    #[arg(long, env = "SSECHAT_HSTS")]
+    pub hsts: bool,
+
+    /// HTTPS with a certificate obtained and renewed by itself over ACME
+    /// (TLS-ALPN-01 on --port, which must be reachable as port 443 of this
+    /// name). Repeat for several names; with the env var, separate by commas.
+    #[arg(long = "acme-domain", env = "SSECHAT_ACME_DOMAIN", value_delimiter = ',',
+          conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub acme_domains: Vec<String>,
+
+    /// ACME: contact e-mail for the account (expiry notices), optional.
+    #[arg(long, env = "SSECHAT_ACME_EMAIL", requires = "acme_domains")]
+    pub acme_email: Option<String>,
+
+    /// ACME: directory URL of the certificate authority.
+    #[arg(
+        long,
+        env = "SSECHAT_ACME_DIRECTORY",
+        default_value = "https://acme-v02.api.letsencrypt.org/directory"
+    )]
+    pub acme_directory: String,
+
+    /// ACME: directory keeping the account key and certificates across
+    /// restarts (a restart serves the kept certificate at once).
+    #[arg(long, env = "SSECHAT_ACME_CACHE", default_value = "./ssechat-acme")]
+    pub acme_cache: PathBuf,
+
+    /// ACME: an extra CA certificate (PEM) to trust for the ACME server
+    /// itself, besides the system's roots (for a private ACME server).
+    #[arg(long, env = "SSECHAT_ACME_ROOT", requires = "acme_domains")]
+    pub acme_root: Option<PathBuf>,
 }
 
 /// A CIDR (`10.0.0.0/8`) or a single address (`127.0.0.1`, `::1`).

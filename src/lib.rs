@@ -4,6 +4,8 @@
 //! Map of the crate:
 //! - [`config`]: flags and environment variables (clap).
 //! - [`startup`]: `Application`: binds, wires, serves, shuts down.
+//! - [`server`]: the connection loop: HTTP/1.1 and HTTP/2, plain or TLS
+//!   (certificate files or ACME), graceful close.
 //! - [`chat`]: the domain, no HTTP and no storage: validated types,
 //!   messages and their pre-encoded frames, the live hub (rooms, presence,
 //!   fan-out; private), the single writer (private), and the two ports the
@@ -28,6 +30,7 @@ pub mod config;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod server;
 pub mod sse;
 pub mod stall;
 pub mod startup;

@@ -1,39 +1,27 @@
 //! `Application`: binds its own listener (so tests can use port 0 and learn
-//! the real port), wires store + hub + routes, serves connections with
-//! hyper, and shuts down gracefully.
+//! the real port), wires store + hub + routes, serves connections
+//! ([`crate::server`]), and shuts down gracefully.
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tower_service::Service;
 
 use crate::chat::history::History;
 use crate::chat::{Chat, StartError};
 use crate::config::{Config, Database};
-use crate::http::{routes, AppState, PeerAddr};
-use crate::limits::{AcceptErrors, Limits};
-use crate::metrics::{Metrics, Reason};
-use crate::stall::StallTimeout;
+use crate::http::{routes, AppState};
+use crate::limits::Limits;
+use crate::metrics::Metrics;
+use crate::server::tls::{Tls, TlsError};
+use crate::server::{Closing, Server};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{presence, subscriber, Redis, RedisCluster};
 use crate::store::sqlite::SqliteStore;
-
-/// Per-connection kernel send buffer (Linux doubles it): plenty for chat
-/// events, small enough that thousands of stalled readers cost little.
-const SEND_BUFFER: usize = 128 * 1024;
-
-/// Largest request head (line + headers) accepted.
-const MAX_HEAD_BYTES: usize = 32 * 1024;
 
 /// Why the server could not start. Each says what to do about it.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +35,8 @@ pub enum StartupError {
     Store(String),
     #[error("{0}")]
     Config(String),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
     #[error(transparent)]
     Chat(#[from] StartError),
 }
@@ -61,6 +51,7 @@ pub struct Application {
     /// for them all.
     tracker: TaskTracker,
     state: AppState,
+    tls: Option<Arc<Tls>>,
 }
 
 impl Application {
@@ -73,6 +64,8 @@ impl Application {
                 "--post-rate must be a number >= 0".into(),
             ));
         }
+        // Before anything is opened: a bad certificate stops the start here.
+        let tls = Tls::from_config(&config)?.map(Arc::new);
         let metrics = Arc::new(Metrics::default());
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -118,6 +111,7 @@ impl Application {
                 limits,
                 metrics,
             },
+            tls,
         })
     }
 
@@ -149,6 +143,7 @@ impl Application {
             cancel,
             tracker,
             state,
+            tls,
         } = self;
         let config = state.config.clone();
         let chat = state.chat.clone();
@@ -157,74 +152,19 @@ impl Application {
 
         tracker.spawn(background(chat.clone(), config.clone(), cancel.clone()));
 
-        // One copy of the route tree, shared: each connection holds an Arc,
-        // each request clones the tree only for as long as it runs.
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!(%addr, db = %config.db, "listening on {scheme}://{addr}/");
         let limits = state.limits.clone();
-        let svc = Arc::new(warp::service(routes(state)));
-        let mut shutdown = std::pin::pin!(shutdown);
-        let mut accept_errors = AcceptErrors::default();
-        tracing::info!(%addr, db = %config.db, "listening on http://{addr}/");
-        loop {
-            let (stream, peer) = tokio::select! {
-                () = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        let wait = accept_errors.failed(&e, &metrics);
-                        tokio::time::sleep(wait).await;
-                        continue;
-                    }
-                },
-            };
-            accept_errors.succeeded();
-            // One address may hold only its share of connections; beyond
-            // it, closed at once (a proxy speaks for many and is not capped).
-            let trusted = config
-                .trusted_proxies
-                .iter()
-                .any(|n| n.contains(&peer.ip()));
-            let permit = match limits.acquire_connection(peer.ip()) {
-                Some(p) => Some(p),
-                None if trusted => None,
-                None => {
-                    metrics.rejected(Reason::too_many_connections);
-                    drop(stream);
-                    continue;
-                }
-            };
-            let _ = stream.set_nodelay(true);
-            // A bounded kernel send buffer bounds what a peer that stops
-            // reading can pin, and makes the stall timeout notice it.
-            let _ = socket2::SockRef::from(&stream).set_send_buffer_size(SEND_BUFFER);
-            let svc = svc.clone();
-            let io = TokioIo::new(StallTimeout::new(
-                stream,
-                Duration::from_secs(config.write_timeout),
-                metrics.clone(),
-            ));
-            let closing = closing.clone();
-            tracker.spawn(async move {
-                let service =
-                    hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                        req.extensions_mut().insert(PeerAddr(peer));
-                        // Boxed: hyper keeps a box the size of this future for
-                        // the connection's whole life; a pointer is all it needs.
-                        Box::pin((*svc).clone().call(req))
-                    });
-                // Pinned where it is built: passed by value, the connection
-                // (most of an idle stream's memory) would be laid out twice
-                // in this task (measured: +0.6 KiB per connection).
-                let conn = std::pin::pin!(http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(Duration::from_secs(30))
-                    // Request heads above this are refused (431).
-                    .max_buf_size(MAX_HEAD_BYTES)
-                    .serve_connection(io, service));
-                let _ = until_cancelled(conn, &closing).await;
-                drop(permit);
-            });
-        }
+        let trusted: Arc<[ipnet::IpNet]> = config.trusted_proxies.clone().into();
+        Server::new(
+            warp::service(routes(state)),
+            tls,
+            Duration::from_secs(config.write_timeout),
+            metrics.clone(),
+        )
+        .admit_with(limits, trusted)
+        .accept_until(&listener, &tracker, &closing, shutdown)
+        .await;
 
         tracing::info!(open_streams = metrics.sse_streams.get(), "shutting down");
         drop(listener);
@@ -240,81 +180,6 @@ impl Application {
         }
         chat.close().await;
         tracing::info!("shutdown complete");
-    }
-}
-
-/// Tells connections to finish. The token wakes them; the flag is what a
-/// connection checks on every other wake.
-#[derive(Clone)]
-struct Closing {
-    flag: Arc<AtomicBool>,
-    token: CancellationToken,
-}
-
-impl Closing {
-    fn new(token: CancellationToken) -> Self {
-        Closing {
-            flag: Arc::new(AtomicBool::new(false)),
-            token,
-        }
-    }
-
-    /// Also cancels the token, and with it the background work.
-    fn close(&self) {
-        self.flag.store(true, Ordering::SeqCst);
-        self.token.cancel();
-    }
-}
-
-/// Serves one connection; once closing, asks it to finish gracefully
-/// (answer what is in flight, then close) and waits for that.
-///
-/// This is on every event's path: a stream's connection task wakes once per
-/// event it sends. `select!` on `token.cancelled()` would poll the token's
-/// waiter on each wake, and that takes a mutex all connections share (so
-/// does `is_cancelled`). Here the waiter is polled only when the task's
-/// waker is new (in practice: once); other wakes read one atomic flag.
-async fn until_cancelled<C>(mut conn: Pin<&mut C>, closing: &Closing) -> C::Output
-where
-    C: Future + GracefulShutdown,
-{
-    let mut cancelled = std::pin::pin!(closing.token.cancelled());
-    let mut registered: Option<std::task::Waker> = None;
-    let mut shutting_down = false;
-    std::future::poll_fn(|cx| {
-        if !shutting_down {
-            let fired = match &registered {
-                Some(w) if w.will_wake(cx.waker()) => closing.flag.load(Ordering::SeqCst),
-                _ => {
-                    registered = Some(cx.waker().clone());
-                    cancelled.as_mut().poll(cx).is_ready()
-                }
-            };
-            if fired {
-                shutting_down = true;
-                conn.as_mut().shut_down();
-            }
-        }
-        conn.as_mut().poll(cx)
-    })
-    .await
-}
-
-/// A connection that can be asked to finish gracefully.
-trait GracefulShutdown {
-    fn shut_down(self: Pin<&mut Self>);
-}
-
-impl<I, S> GracefulShutdown for http1::Connection<I, S>
-where
-    S: hyper::service::HttpService<Incoming>,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    S::ResBody: hyper::body::Body + 'static,
-    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    fn shut_down(self: Pin<&mut Self>) {
-        self.graceful_shutdown();
     }
 }
 

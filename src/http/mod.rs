@@ -42,6 +42,11 @@ pub struct AppState {
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
+/// Put into a request's extensions by the server loop when the request came
+/// over TLS.
+#[derive(Debug, Clone, Copy)]
+pub struct Https;
+
 /// The parts of a request most handlers read.
 pub struct Ctx {
     pub headers: HeaderMap,
@@ -51,8 +56,8 @@ pub struct Ctx {
     /// The client's address, through trusted proxies: what per-address
     /// limits key on.
     pub client: Option<IpAddr>,
-    /// The client reached us over HTTPS (so far: a trusted proxy says so
-    /// with `X-Forwarded-Proto`).
+    /// The client reached us over HTTPS: over our own TLS, or a trusted
+    /// proxy says so with `X-Forwarded-Proto`.
     pub https: bool,
 }
 
@@ -62,17 +67,20 @@ fn ctx_with(trusted: Arc<[IpNet]>) -> impl Filter<Extract = (Ctx,), Error = Infa
     warp::header::headers_cloned()
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::ext::optional::<PeerAddr>())
-        .map(move |headers: HeaderMap, query, peer: Option<PeerAddr>| {
-            let peer = peer.map(|p| p.0);
-            let client = peer.map(|p| client_addr::resolve(p.ip(), &headers, &trusted));
-            Ctx {
-                client: client.map(|c| c.ip),
-                https: client.is_some_and(|c| c.forwarded_https),
-                headers,
-                query,
-                peer,
-            }
-        })
+        .and(warp::ext::optional::<Https>())
+        .map(
+            move |headers: HeaderMap, query, peer: Option<PeerAddr>, tls: Option<Https>| {
+                let peer = peer.map(|p| p.0);
+                let client = peer.map(|p| client_addr::resolve(p.ip(), &headers, &trusted));
+                Ctx {
+                    client: client.map(|c| c.ip),
+                    https: tls.is_some() || client.is_some_and(|c| c.forwarded_https),
+                    headers,
+                    query,
+                    peer,
+                }
+            },
+        )
 }
 
 /// GET, or HEAD for the same answer without a body (hyper leaves the body
@@ -92,8 +100,28 @@ fn with_state(state: AppState) -> impl Filter<Extract = (AppState,), Error = Inf
 /// connection).
 type Handler = std::pin::Pin<Box<dyn std::future::Future<Output = Response> + Send>>;
 
-/// All routes.
+/// All routes, with Strict-Transport-Security on HTTPS answers when
+/// `--hsts` asks for it.
 pub fn routes(state: AppState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    let hsts = state.config.hsts;
+    warp::ext::optional::<Https>().and(resources(state)).map(
+        move |https: Option<Https>, mut res: Response| {
+            if hsts && https.is_some() {
+                res.headers_mut().insert(
+                    warp::http::header::STRICT_TRANSPORT_SECURITY,
+                    warp::http::HeaderValue::from_static(HSTS),
+                );
+            }
+            res
+        },
+    )
+}
+
+/// One year; browsers ignore the header over plain HTTP (RFC 6797), so it
+/// is sent over HTTPS only.
+const HSTS: &str = "max-age=31536000";
+
+fn resources(state: AppState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let s = with_state(state.clone());
     let trusted: Arc<[IpNet]> = state.config.trusted_proxies.clone().into();
     let ctx = move || ctx_with(trusted.clone());

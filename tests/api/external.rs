@@ -394,6 +394,11 @@ impl ChromeDriver {
 
     /// A new browser with its own profile (its own cookies and storage).
     pub async fn session(&self, opts: BrowserOpts) -> Session {
+        self.session_with_args(opts, &[]).await
+    }
+
+    /// A new browser as `session`, with more command-line flags.
+    pub async fn session_with_args(&self, opts: BrowserOpts, extra: &[String]) -> Session {
         let profile = tempfile::tempdir().unwrap();
         let mut args = vec![
             "--headless=new".to_owned(),
@@ -413,6 +418,7 @@ impl ChromeDriver {
         if !opts.javascript {
             args.push("--blink-settings=scriptEnabled=false".into());
         }
+        args.extend_from_slice(extra);
         let mut chrome = json!({
             "binary": self.chromium.display().to_string(),
             "args": args,

@@ -452,14 +452,12 @@ pub fn spawn_binary(args: &[&str]) -> BinApp {
         let mut tx = Some(tx);
         for line in std::io::BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
-            if let Some(rest) = line.split("listening on http://").nth(1) {
+            // "listening on http://ADDR/" or "https://ADDR/".
+            let url = line.split("listening on ").nth(1);
+            if let Some((scheme, rest)) = url.and_then(|u| u.split_once("://")) {
                 if let Some(tx) = tx.take() {
-                    let _ = tx.send(Ok(rest
-                        .trim_end_matches('/')
-                        .split('/')
-                        .next()
-                        .unwrap()
-                        .to_owned()));
+                    let addr = rest.split('/').next().unwrap();
+                    let _ = tx.send(Ok((scheme.to_owned(), addr.to_owned())));
                 }
             } else if line.contains("cannot start") {
                 if let Some(tx) = tx.take() {
@@ -469,15 +467,15 @@ pub fn spawn_binary(args: &[&str]) -> BinApp {
             sink.lock().unwrap().push(line);
         }
     });
-    let addr: SocketAddr = match rx.recv_timeout(WAIT) {
-        Ok(Ok(a)) => a.parse().expect("address in the log"),
+    let (scheme, addr): (String, SocketAddr) = match rx.recv_timeout(WAIT) {
+        Ok(Ok((scheme, a))) => (scheme, a.parse().expect("address in the log")),
         Ok(Err(line)) => panic!("server refused to start: {line}"),
         Err(_) => panic!("server did not say it was listening within {WAIT:?}"),
     };
     BinApp {
         child,
         addr,
-        base: format!("http://{addr}"),
+        base: format!("{scheme}://{addr}"),
         log,
     }
 }

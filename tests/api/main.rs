@@ -4,6 +4,7 @@ mod helpers;
 
 mod abuse;
 mod browser;
+mod browser_tls;
 mod cli;
 mod cluster;
 mod crowds;
@@ -15,3 +16,4 @@ mod ops;
 mod pages;
 mod sending;
 mod streaming;
+mod tls;

@@ -11,6 +11,8 @@
 //!   once as `data: <text, each \n → \ndata: >\n\n` into `Bytes`, broadcast,
 //!   and answered `201`.
 //! - `GET /healthz`: `200 ok`.
+//! - With `--tls-cert`/`--tls-key`: HTTPS with the same rustls (ring) as
+//!   ssechat, HTTP/2 or HTTP/1.1 by ALPN (hyper's own HTTP/2 server).
 //!
 //! Not a product: loopback benchmarking only.
 
@@ -23,10 +25,10 @@ use futures_util::StreamExt;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{CACHE_CONTROL, CONTENT_TYPE};
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::{self, error::RecvError};
 
@@ -43,6 +45,33 @@ struct Args {
     /// Broadcast channel capacity (frames a subscriber may fall behind).
     #[arg(long, default_value_t = 1024)]
     capacity: usize,
+    /// HTTPS: certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// HTTPS: private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+}
+
+/// rustls with ring, ALPN h2 then http/1.1: what ssechat offers.
+fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> tokio_rustls::TlsAcceptor {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .unwrap_or_else(|e| panic!("{}: {e}", cert.display()));
+    let key =
+        PrivateKeyDer::from_pem_file(key).unwrap_or_else(|e| panic!("{}: {e}", key.display()));
+    let mut config = rustls::ServerConfig::builder_with_provider(
+        rustls::crypto::ring::default_provider().into(),
+    )
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .expect("certificate and key");
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
 }
 
 type Body = BoxBody<Bytes, Infallible>;
@@ -121,7 +150,12 @@ async fn main() {
         }
     };
     let addr = listener.local_addr().expect("bound");
-    eprintln!("sse-reference: listening on http://{addr}/");
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(c), Some(k)) => Some(tls_acceptor(c, k)),
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    eprintln!("sse-reference: listening on {scheme}://{addr}/");
     let (tx, _) = broadcast::channel::<Bytes>(args.capacity.max(1));
 
     let accept = async {
@@ -137,11 +171,27 @@ async fn main() {
             };
             let _ = stream.set_nodelay(true);
             let tx = tx.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |req| handle(req, tx.clone()));
-                let _ = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
+                let Some(tls) = tls else {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                    return;
+                };
+                let Ok(stream) = tls.accept(stream).await else {
+                    return;
+                };
+                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    let _ = http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                } else {
+                    let _ = http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                }
             });
         }
     };
