@@ -5,8 +5,7 @@
 # See docs/BENCHMARK.md.
 #
 # Environment:
-#   SCENARIOS="1 2 3 4 5"  which scenarios to run (6: HTTPS, HTTP/1.1 and
-#                          HTTP/2, with tls-load; not in the default set)
+#   SCENARIOS="1 2 3 4 5 6 7"  which scenarios to run (6 and 7: crowds)
 #   ROUNDS=3               runs per server and scenario (QUICK: 1)
 #   FANOUT_DB=:memory:     in-memory store for scenarios 1-3 (default: SQLite)
 #   QUICK=1                small numbers, finishes in well under a minute
@@ -19,7 +18,7 @@
 #                          "n/a" when ssechat refuses the --db path)
 #   Scenario sizes: S1_SUBS S1_MSGS S1_INFLIGHT  S2_SUBS S2_RATE S2_MSGS
 #                   S3_CONNS S3_ROOMS  S4_MSGS S4_INFLIGHT
-#                   S6_SUBS S6_MSGS S6_IDLE S6_HS_SECONDS
+#                   S6_CONNS  S7_CONNS S7_MSGS S7_RATE
 set -u -o pipefail
 
 cd "$(dirname "$0")/.."
@@ -31,24 +30,24 @@ if [ "$QUICK" = 1 ]; then
     S2_SUBS=${S2_SUBS:-100};   S2_RATE=${S2_RATE:-100};  S2_MSGS=${S2_MSGS:-100}
     S3_CONNS=${S3_CONNS:-1000}; S3_ROOMS=${S3_ROOMS:-10}
     S4_MSGS=${S4_MSGS:-2000};  S4_INFLIGHT=${S4_INFLIGHT:-64}
-    S6_SUBS=${S6_SUBS:-50}; S6_MSGS=${S6_MSGS:-100}; S6_IDLE=${S6_IDLE:-200}; S6_HS_SECONDS=${S6_HS_SECONDS:-2}
+    S6_CONNS=${S6_CONNS:-1000}
+    S7_CONNS=${S7_CONNS:-1000}; S7_MSGS=${S7_MSGS:-20}; S7_RATE=${S7_RATE:-50}
 else
     ROUNDS=${ROUNDS:-3}
     S1_SUBS=${S1_SUBS:-1000};  S1_MSGS=${S1_MSGS:-2000}; S1_INFLIGHT=${S1_INFLIGHT:-16}
     S2_SUBS=${S2_SUBS:-1000};  S2_RATE=${S2_RATE:-100};  S2_MSGS=${S2_MSGS:-1000}
     S3_CONNS=${S3_CONNS:-10000}; S3_ROOMS=${S3_ROOMS:-100}
     S4_MSGS=${S4_MSGS:-20000}; S4_INFLIGHT=${S4_INFLIGHT:-64}
-    S6_SUBS=${S6_SUBS:-500}; S6_MSGS=${S6_MSGS:-1000}; S6_IDLE=${S6_IDLE:-2000}; S6_HS_SECONDS=${S6_HS_SECONDS:-5}
+    S6_CONNS=${S6_CONNS:-10000}
+    S7_CONNS=${S7_CONNS:-19000}; S7_MSGS=${S7_MSGS:-100}; S7_RATE=${S7_RATE:-50}
 fi
-SCENARIOS=${SCENARIOS:-"1 2 3 4 5"}
+SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6 7"}
 BIN_DIR=${BIN_DIR:-target/release}
 SQLITE=${SQLITE:-1}
 
 SSECHAT="$BIN_DIR/ssechat"
 REFERENCE="$BIN_DIR/sse-reference"
 BENCH="$BIN_DIR/ssechat-bench"
-TLSLOAD="$BIN_DIR/tls-load"
-TLS_FLAGS=()
 SSECHAT_FLAGS=(--post-rate 0 --max-streams 0 --max-streams-per-ip 0 --max-long-polls 0)
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
@@ -103,7 +102,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     timeout 3600 cargo build --release --workspace --bins >&2 \
         || die "release build failed"
 fi
-for b in "$SSECHAT" "$REFERENCE" "$BENCH" "$TLSLOAD"; do
+for b in "$SSECHAT" "$REFERENCE" "$BENCH"; do
     [ -x "$b" ] || die "missing $b (build, or set BIN_DIR)"
 done
 
@@ -112,9 +111,9 @@ start_server() {
     local kind=$1 db=${2:-:memory:}
     PORT=$("$BENCH" --free-port) || die "no free port"
     case $kind in
-        ssechat) "$SSECHAT" --port "$PORT" "${SSECHAT_FLAGS[@]}" --db "$db" "${TLS_FLAGS[@]}" \
+        ssechat) "$SSECHAT" --port "$PORT" "${SSECHAT_FLAGS[@]}" --db "$db" \
                      >>"$WORK/server.log" 2>&1 &;;
-        reference) "$REFERENCE" --port "$PORT" "${TLS_FLAGS[@]}" >>"$WORK/server.log" 2>&1 &;;
+        reference) "$REFERENCE" --port "$PORT" >>"$WORK/server.log" 2>&1 &;;
         *) die "unknown server $kind";;
     esac
     SERVER_PID=$!
@@ -124,7 +123,7 @@ start_server() {
             SERVER_PID=""
             return 1
         fi
-        if curl -sf -m 1 --cacert "$WORK/tls/ca.pem" "${SCHEME:-http}://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then
+        if curl -sf -m 1 "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then
             return 0
         fi
         sleep 0.05
@@ -331,48 +330,27 @@ for s in $SCENARIOS; do
         row "5   start -> first 200 on /healthz ms" 5 ssechat reference .startup_ms 1
         ;;
     6)
-        # HTTPS: the same rustls (ring) in both servers; tls-load is the
-        # client (hyper + rustls), one connection per subscriber.
-        "$TLSLOAD" --make-cert "$WORK/tls" || die "tls-load --make-cert failed"
-        TLS_FLAGS=(--tls-cert "$WORK/tls/cert.pem" --tls-key "$WORK/tls/key.pem")
-        SCHEME=https
-        tls() { # LABEL ARGS...: one tls-load run against the running server
-            local label=$1 kind=$2 round=$3 json
-            shift 3
-            local mode=ssechat
-            [ "$kind" = reference ] && mode=reference
-            json=$(timeout 300 "$TLSLOAD" --addr "127.0.0.1:$PORT" --ca "$WORK/tls/ca.pem" \
-                --pid "$SERVER_PID" --mode "$mode" "$@" 2>>"$WORK/bench.log" | tail -n 1)
-            jq -e . >/dev/null 2>&1 <<<"$json" || json='{"ok":false}'
-            jq -c --arg s "$label" --arg k "$kind" --argjson r "$round" \
-                '. + {scenario: $s, kind: $k, round: $r}' <<<"$json" >>"$RAW"
-        }
-        for round in $(seq 1 "$ROUNDS"); do
-            for kind in ssechat reference; do
-                for proto in h1 h2; do
-                    start_server "$kind" || { log "scenario 6: $kind did not start"; continue; }
-                    log "scenario 6 round $round: $kind $proto"
-                    tls "6-fan-$proto" "$kind" "$round" --test fanout --proto "$proto" \
-                        --subscribers "$S6_SUBS" --messages "$S6_MSGS"
-                    stop_server
-                    start_server "$kind" || continue
-                    tls "6-idle-$proto" "$kind" "$round" --test idle --proto "$proto" \
-                        --subscribers "$S6_IDLE"
-                    stop_server
-                done
-                start_server "$kind" || continue
-                tls "6-hs" "$kind" "$round" --test handshakes --seconds "$S6_HS_SECONDS"
-                stop_server
-            done
-        done
-        TLS_FLAGS=()
-        SCHEME=http
-        row "6 HTTPS/1.1 fan-out ${S6_SUBS}x${S6_MSGS}: CPU us/delivery" 6-fan-h1 ssechat reference .cpu_us_per_delivery 3
-        row "6 HTTP/2 (TLS) fan-out: CPU us/delivery" 6-fan-h2 ssechat reference .cpu_us_per_delivery 3
-        row "6 HTTPS/1.1 ${S6_IDLE} idle streams: RSS KiB/conn" 6-idle-h1 ssechat reference .rss_kib_per_conn 2
-        row "6 HTTP/2 (TLS) idle streams: RSS KiB/conn" 6-idle-h2 ssechat reference .rss_kib_per_conn 2
-        row "6 TLS handshakes/s (full, no resumption)" 6-hs ssechat reference .handshakes_per_s 0
-        row "6   server CPU us/handshake" 6-hs ssechat reference .server_cpu_us_per_handshake 0
+        # Crowds: every subscriber in one room (N distinct clients), and a
+        # watcher that was there first, through the join and leave storms.
+        run_pair 6 300 --idle-only --subscribers "$S6_CONNS" --rooms 1 --watcher
+        row "6 ${S6_CONNS} join one room: all hello'd, s" 6 ssechat reference .connect_s 2
+        row "6   subscribers dropped by the server" 6 ssechat reference '.disconnected + .connect_failed' 0
+        row "6   watcher cut off (runs)" 6 ssechat reference 'if .watcher_cut_off then 1 else 0 end' 0
+        row "6   watcher presence events, join storm" 6 ssechat "" .watcher_presence_join 0
+        row "6   ... per 100 ms window of the storm" 6 ssechat "" '.watcher_presence_join / ([.connect_s * 10, 1] | max)' 2
+        row "6   watcher presence events, leave storm" 6 ssechat "" .watcher_presence_leave 0
+        row "6   all left -> watcher told it is alone, s" 6 ssechat "" .leave_s 2
+        row "6   RSS KiB/conn, all in one room" 6 ssechat reference .rss_kib_per_conn 2
+        ;;
+    7)
+        # A crowd that stays: everybody in one room, then messages at a
+        # fixed rate. Needs an open-files limit above S7_CONNS + 100.
+        run_pair 7 $((S7_MSGS / S7_RATE + 240)) --subscribers "$S7_CONNS" --messages "$S7_MSGS" --rate "$S7_RATE"
+        row "7 ${S7_CONNS} in one room, ${S7_RATE} msg/s: p99 ms" 7 ssechat reference .latency_ms.p99 1
+        row "7   latency p50 ms" 7 ssechat reference .latency_ms.p50 1
+        check_row "7   correctness (sum over rounds)" 7 ssechat reference
+        row "7   subscribers dropped / failed" 7 ssechat reference '.disconnected + .connect_failed' 0
+        row "7   connect all s" 7 ssechat reference .connect_s 2
         ;;
     *) die "unknown scenario $s";;
     esac

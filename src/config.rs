@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
+use ipnet::IpNet;
 
 /// ssechat: a chat server. Receive over Server-Sent Events
 /// (`GET /chat/events`), send with plain HTTP POST (`POST /chat/messages`).
@@ -86,6 +87,18 @@ pub struct Config {
     #[arg(long, env = "SSECHAT_MAX_LONG_POLLS", default_value_t = 5000)]
     pub max_long_polls: usize,
 
+    /// Long-polls waiting at once per client IP address (429 above), so one
+    /// address cannot take every place.
+    #[arg(long, env = "SSECHAT_MAX_LONG_POLLS_PER_IP", default_value_t = 256)]
+    pub max_long_polls_per_ip: usize,
+
+    /// Open connections per client IP address (IPv6: per /64). Beyond it a
+    /// new connection is closed at once, so one address cannot use up the
+    /// server's file descriptors. Trusted proxies (--trusted-proxies) are
+    /// not capped.
+    #[arg(long, env = "SSECHAT_MAX_CONNECTIONS_PER_IP", default_value_t = 512)]
+    pub max_connections_per_ip: usize,
+
     /// Events a stream may fall behind before it is disconnected (it then
     /// catches up by reconnecting with Last-Event-ID).
     #[arg(long, env = "SSECHAT_STREAM_BUFFER", default_value_t = 256)]
@@ -103,6 +116,19 @@ pub struct Config {
     /// Milliseconds browsers wait before reconnecting (the SSE `retry:` hint).
     #[arg(long, env = "SSECHAT_RETRY_MS", default_value_t = 2000)]
     pub retry_ms: u64,
+
+    /// Seconds a request body may take to arrive once its head has (408
+    /// after). A client that sends a head and then stalls holds a
+    /// connection; this bounds how long.
+    #[arg(long, env = "SSECHAT_BODY_TIMEOUT", default_value_t = 30)]
+    pub body_timeout: u64,
+
+    /// Reverse proxies whose `X-Forwarded-For` / `Forwarded` and
+    /// `X-Forwarded-Proto` headers are believed, as CIDRs or addresses,
+    /// comma-separated (e.g. `127.0.0.1,10.0.0.0/8,fd00::/8`). Default:
+    /// none, so those headers are ignored and the peer is the client.
+    #[arg(long, env = "SSECHAT_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<IpNet>,
 
     /// HTTPS: certificate chain file (PEM, the server's certificate first).
     /// Needs --tls-key. SIGHUP reloads both files.
@@ -146,6 +172,15 @@ pub struct Config {
     /// itself, besides the system's roots (for a private ACME server).
     #[arg(long, env = "SSECHAT_ACME_ROOT", requires = "acme_domains")]
     pub acme_root: Option<PathBuf>,
+}
+
+/// A CIDR (`10.0.0.0/8`) or a single address (`127.0.0.1`, `::1`).
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .map(|n| n.trunc())
+        .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{s:?} is not an address or a CIDR like 10.0.0.0/8"))
 }
 
 /// Where history is kept (`--db`).
@@ -251,5 +286,19 @@ mod tests {
         let c = Config::defaults();
         assert_eq!(c.db, Database::File(PathBuf::from("./ssechat.db")));
         assert_eq!(c.redis, None);
+    }
+
+    #[test]
+    fn trusted_proxies_take_cidrs_and_addresses() {
+        let c = Config::from_flags([
+            "ssechat",
+            "--trusted-proxies",
+            "127.0.0.1, 10.1.2.3/8,fd00::/8",
+        ])
+        .unwrap();
+        let nets: Vec<String> = c.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["127.0.0.1/32", "10.0.0.0/8", "fd00::/8"]);
+        assert!(Config::defaults().trusted_proxies.is_empty());
+        assert!(Config::from_flags(["ssechat", "--trusted-proxies", "nginx"]).is_err());
     }
 }

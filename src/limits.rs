@@ -1,19 +1,28 @@
-//! Admission limits: per-client POST rate (token bucket), open SSE streams
-//! in total and per IP, waiting long-polls. A limit of 0 is off.
+//! Admission limits: per-client POST rate and per-address stream-opening
+//! rate (token buckets); open SSE streams, waiting long-polls, history
+//! reads and connections, in total and per address. A limit of 0 is off.
 //!
-//! Permits are RAII guards, so a stream that ends any way at all (client
-//! gone, shutdown, lag) gives its place back.
+//! Permits are RAII guards, so a stream, a long-poll or a connection that
+//! ends any way at all (client gone, shutdown, lag) gives its place back.
+//!
+//! Per-address limits key on [`address_key`]: IPv6 clients by their /64.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::chat::types::ClientId;
+use crate::metrics::Metrics;
 
 /// Buckets kept before full (idle) ones are forgotten.
 const MAX_BUCKETS: usize = 50_000;
+
+/// History reads (`GET /chat/messages` without waiting) one address may
+/// have in flight: an answer of 500 large messages to a client that does
+/// not read it is held until it does.
+pub const READS_PER_IP: usize = 32;
 
 pub struct Limits {
     post_rate: f64,
@@ -21,13 +30,18 @@ pub struct Limits {
     max_streams: usize,
     max_streams_per_ip: usize,
     max_long_polls: usize,
+    max_long_polls_per_ip: usize,
+    max_connections_per_ip: usize,
     buckets: Mutex<HashMap<Key, Bucket>>,
-    streams: Arc<Counts>,
-    long_polls: Arc<AtomicUsize>,
+    streams: Arc<Places>,
+    long_polls: Arc<Places>,
+    reads: Arc<Places>,
+    connections: Arc<Places>,
 }
 
+/// Places held, in total and per address.
 #[derive(Default)]
-struct Counts {
+struct Places {
     total: AtomicUsize,
     per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
@@ -35,17 +49,32 @@ struct Counts {
 /// How many times the per-client rate and burst an IP address gets.
 pub const IP_FACTOR: f64 = 4.0;
 
+/// What per-address limits key on: an IPv4 address, or the /64 of an IPv6
+/// one. An IPv6 host usually gets a whole /64 and may use any address in
+/// it, so per-address limits would otherwise be per whim.
+pub fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
+        },
+        v4 => v4,
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Key {
     Client(ClientId),
     Ip(IpAddr),
+    /// Streams opened from an address.
+    Opens(IpAddr),
 }
 
 impl Key {
     fn factor(&self) -> f64 {
         match self {
             Key::Client(_) => 1.0,
-            Key::Ip(_) => IP_FACTOR,
+            Key::Ip(_) | Key::Opens(_) => IP_FACTOR,
         }
     }
 }
@@ -62,15 +91,19 @@ pub enum Refused {
     /// Over the POST rate: retry after this many seconds.
     #[error("too many messages: slow down and retry in {retry_after} s")]
     Rate { retry_after: u64 },
-    /// Typing notices: at most one every 2 s per client.
-    #[error("typing notices: at most one every 2 s per client; retry in {retry_after} s")]
-    Typing { retry_after: u64 },
     #[error("the server has too many open streams; retry later")]
     TooManyStreams,
     #[error("too many open streams from your address; close some and retry")]
     TooManyStreamsFromIp,
     #[error("too many long-polls waiting; retry later")]
     TooManyLongPolls,
+    #[error("too many long-polls waiting from your address; retry later")]
+    TooManyLongPollsFromIp,
+    #[error("too many history reads in flight from your address; read the answers, then retry")]
+    TooManyReadsFromIp,
+    /// Over the stream-opening rate of an address.
+    #[error("too many streams opened from your address: slow down and retry in {retry_after} s")]
+    OpeningTooFast { retry_after: u64 },
 }
 
 impl Limits {
@@ -87,10 +120,21 @@ impl Limits {
             max_streams,
             max_streams_per_ip,
             max_long_polls,
+            max_long_polls_per_ip: 0,
+            max_connections_per_ip: 0,
             buckets: Mutex::new(HashMap::new()),
             streams: Arc::default(),
             long_polls: Arc::default(),
+            reads: Arc::default(),
+            connections: Arc::default(),
         }
+    }
+
+    /// The per-address shares of long-polls and connections (0: off).
+    pub fn with_per_ip(mut self, long_polls: usize, connections: usize) -> Self {
+        self.max_long_polls_per_ip = long_polls;
+        self.max_connections_per_ip = connections;
+        self
     }
 
     fn buckets(&self) -> MutexGuard<'_, HashMap<Key, Bucket>> {
@@ -102,6 +146,24 @@ impl Limits {
     /// it, and anonymous posts, which have no client of their own, are held
     /// back by it). A refusal takes nothing.
     pub fn check_post(&self, client: ClientId, ip: Option<IpAddr>) -> Result<(), Refused> {
+        self.take_tokens(&[
+            Some(Key::Client(client)),
+            ip.map(|ip| Key::Ip(address_key(ip))),
+        ])
+    }
+
+    /// Opening a stream costs a token from the address's own bucket, as big
+    /// as its posting bucket: reconnecting is cheap for a browser, but
+    /// every open reads history and counts a presence.
+    pub fn check_stream_open(&self, ip: Option<IpAddr>) -> Result<(), Refused> {
+        self.take_tokens(&[ip.map(|ip| Key::Opens(address_key(ip)))])
+            .map_err(|r| match r {
+                Refused::Rate { retry_after } => Refused::OpeningTooFast { retry_after },
+                other => other,
+            })
+    }
+
+    fn take_tokens(&self, keys: &[Option<Key>]) -> Result<(), Refused> {
         if self.post_rate <= 0.0 {
             return Ok(());
         }
@@ -114,7 +176,6 @@ impl Limits {
                 b.tokens + now.duration_since(b.at).as_secs_f64() * rate * f < burst * f
             });
         }
-        let keys = [Some(Key::Client(client)), ip.map(Key::Ip)];
         let mut wait: f64 = 0.0;
         for key in keys.iter().flatten() {
             let (rate, burst) = (
@@ -146,38 +207,37 @@ impl Limits {
 
     /// A place for one SSE stream.
     pub fn acquire_stream(&self, ip: Option<IpAddr>) -> Result<StreamPermit, Refused> {
-        let total = self.streams.total.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut permit = StreamPermit {
-            counts: self.streams.clone(),
-            ip: None,
-        };
-        if self.max_streams > 0 && total > self.max_streams {
-            return Err(Refused::TooManyStreams);
-        }
-        if let Some(ip) = ip {
-            let mut per_ip = self
-                .streams
-                .per_ip
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let n = per_ip.entry(ip).or_insert(0);
-            if self.max_streams_per_ip > 0 && *n >= self.max_streams_per_ip {
-                return Err(Refused::TooManyStreamsFromIp);
+        acquire(&self.streams, ip, self.max_streams, self.max_streams_per_ip).map_err(|over| {
+            match over {
+                Over::Total => Refused::TooManyStreams,
+                Over::PerIp => Refused::TooManyStreamsFromIp,
             }
-            *n += 1;
-            permit.ip = Some(ip);
-        }
-        Ok(permit)
+        })
     }
 
     /// A place for one waiting long-poll.
-    pub fn acquire_long_poll(&self) -> Result<LongPollPermit, Refused> {
-        let n = self.long_polls.fetch_add(1, Ordering::SeqCst) + 1;
-        let permit = LongPollPermit(self.long_polls.clone());
-        if self.max_long_polls > 0 && n > self.max_long_polls {
-            return Err(Refused::TooManyLongPolls);
-        }
-        Ok(permit)
+    pub fn acquire_long_poll(&self, ip: Option<IpAddr>) -> Result<LongPollPermit, Refused> {
+        acquire(
+            &self.long_polls,
+            ip,
+            self.max_long_polls,
+            self.max_long_polls_per_ip,
+        )
+        .map_err(|over| match over {
+            Over::Total => Refused::TooManyLongPolls,
+            Over::PerIp => Refused::TooManyLongPollsFromIp,
+        })
+    }
+
+    /// A place for one history answer in flight.
+    pub fn acquire_read(&self, ip: Option<IpAddr>) -> Result<Permit, Refused> {
+        acquire(&self.reads, ip, 0, READS_PER_IP).map_err(|_| Refused::TooManyReadsFromIp)
+    }
+
+    /// A place for one connection from `ip`, or `None` when the address
+    /// holds its share already (the caller closes the connection at once).
+    pub fn acquire_connection(&self, ip: IpAddr) -> Option<Permit> {
+        acquire(&self.connections, Some(ip), 0, self.max_connections_per_ip).ok()
     }
 
     pub fn open_streams(&self) -> usize {
@@ -185,16 +245,55 @@ impl Limits {
     }
 }
 
-pub struct StreamPermit {
-    counts: Arc<Counts>,
+enum Over {
+    Total,
+    PerIp,
+}
+
+fn acquire(
+    places: &Arc<Places>,
+    ip: Option<IpAddr>,
+    max_total: usize,
+    max_per_ip: usize,
+) -> Result<Permit, Over> {
+    let total = places.total.fetch_add(1, Ordering::SeqCst) + 1;
+    // From here on, dropping the permit gives the place back.
+    let mut permit = Permit {
+        places: places.clone(),
+        ip: None,
+    };
+    if max_total > 0 && total > max_total {
+        return Err(Over::Total);
+    }
+    if let Some(ip) = ip.map(address_key) {
+        let mut per_ip = places.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        let n = per_ip.entry(ip).or_insert(0);
+        if max_per_ip > 0 && *n >= max_per_ip {
+            if *n == 0 {
+                per_ip.remove(&ip);
+            }
+            return Err(Over::PerIp);
+        }
+        *n += 1;
+        permit.ip = Some(ip);
+    }
+    Ok(permit)
+}
+
+/// A place held; given back on drop.
+pub struct Permit {
+    places: Arc<Places>,
     ip: Option<IpAddr>,
 }
 
-impl Drop for StreamPermit {
+pub type StreamPermit = Permit;
+pub type LongPollPermit = Permit;
+
+impl Drop for Permit {
     fn drop(&mut self) {
-        self.counts.total.fetch_sub(1, Ordering::SeqCst);
+        self.places.total.fetch_sub(1, Ordering::SeqCst);
         if let Some(ip) = self.ip {
-            let mut per_ip = self.counts.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+            let mut per_ip = self.places.per_ip.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(n) = per_ip.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -205,11 +304,44 @@ impl Drop for StreamPermit {
     }
 }
 
-pub struct LongPollPermit(Arc<AtomicUsize>);
+/// Failed `accept`s (out of file descriptors, mostly): the accept loop
+/// backs off instead of spinning, each is counted, and the log says so at
+/// most once a second.
+#[derive(Default)]
+pub struct AcceptErrors {
+    backoff: Option<Duration>,
+    logged_at: Option<Instant>,
+    unlogged: u64,
+}
 
-impl Drop for LongPollPermit {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+impl AcceptErrors {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MOST: Duration = Duration::from_secs(1);
+
+    /// Records a failure; returns how long to wait before accepting again
+    /// (doubling from 10 ms up to 1 s while failures continue).
+    pub fn failed(&mut self, error: &std::io::Error, metrics: &Metrics) -> Duration {
+        metrics.accept_errors_total.inc();
+        self.unlogged += 1;
+        let now = Instant::now();
+        if self
+            .logged_at
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+        {
+            tracing::error!(%error, failures = self.unlogged, "accept failed; backing off");
+            self.logged_at = Some(now);
+            self.unlogged = 0;
+        }
+        let wait = self
+            .backoff
+            .map_or(Self::FIRST, |b| (b * 2).min(Self::MOST));
+        self.backoff = Some(wait);
+        wait
+    }
+
+    /// An accept went through: the next failure starts the backoff anew.
+    pub fn succeeded(&mut self) {
+        self.backoff = None;
     }
 }
 
@@ -255,6 +387,27 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_addresses_share_limits_per_64() {
+        let l = Limits::new(0.0, 1, 0, 1, 0);
+        let _a = l
+            .acquire_stream(Some("2001:db8:1:2::1".parse().unwrap()))
+            .unwrap();
+        assert_eq!(
+            l.acquire_stream(Some("2001:db8:1:2:ffff::9".parse().unwrap()))
+                .err(),
+            Some(Refused::TooManyStreamsFromIp),
+            "same /64"
+        );
+        assert!(l
+            .acquire_stream(Some("2001:db8:1:3::1".parse().unwrap()))
+            .is_ok());
+        assert_eq!(
+            address_key("::ffff:10.0.0.1".parse().unwrap()),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
     fn stream_permits_are_counted_and_returned() {
         let l = Limits::new(0.0, 1, 2, 1, 1);
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
@@ -269,9 +422,69 @@ mod tests {
         drop(a);
         assert!(l.acquire_stream(Some(ip)).is_ok());
         assert_eq!(l.open_streams(), 1);
-        let p = l.acquire_long_poll().unwrap();
-        assert!(l.acquire_long_poll().is_err());
+        let p = l.acquire_long_poll(None).unwrap();
+        assert!(l.acquire_long_poll(None).is_err());
         drop(p);
-        assert!(l.acquire_long_poll().is_ok());
+        assert!(l.acquire_long_poll(None).is_ok());
+    }
+
+    #[test]
+    fn per_address_shares_of_long_polls_reads_and_connections() {
+        let l = Limits::new(0.0, 1, 0, 0, 0).with_per_ip(1, 2);
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let p = l.acquire_long_poll(Some(a)).unwrap();
+        assert_eq!(
+            l.acquire_long_poll(Some(a)).err(),
+            Some(Refused::TooManyLongPollsFromIp)
+        );
+        assert!(l.acquire_long_poll(Some(b)).is_ok());
+        drop(p);
+        assert!(l.acquire_long_poll(Some(a)).is_ok());
+        let c1 = l.acquire_connection(a).unwrap();
+        let _c2 = l.acquire_connection(a).unwrap();
+        assert!(l.acquire_connection(a).is_none());
+        assert!(l.acquire_connection(b).is_some(), "others are unaffected");
+        drop(c1);
+        assert!(l.acquire_connection(a).is_some());
+        let reads: Vec<_> = (0..READS_PER_IP)
+            .map(|_| l.acquire_read(Some(a)).unwrap())
+            .collect();
+        assert_eq!(
+            l.acquire_read(Some(a)).err(),
+            Some(Refused::TooManyReadsFromIp)
+        );
+        drop(reads);
+        assert!(l.acquire_read(Some(a)).is_ok());
+    }
+
+    #[test]
+    fn opening_streams_is_rate_limited_per_address() {
+        let l = Limits::new(1.0, 2, 0, 0, 0);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let allowed = (0..100)
+            .filter(|_| l.check_stream_open(Some(a)).is_ok())
+            .count();
+        assert_eq!(allowed, 8, "burst 2 x IP_FACTOR 4");
+        assert!(l
+            .check_stream_open(Some("10.0.0.2".parse().unwrap()))
+            .is_ok());
+        assert!(
+            l.check_post(ClientId(1), Some(a)).is_ok(),
+            "a bucket of its own"
+        );
+    }
+
+    #[test]
+    fn accept_failures_back_off_up_to_a_second() {
+        let m = Metrics::default();
+        let mut e = AcceptErrors::default();
+        let err = std::io::Error::from_raw_os_error(24);
+        let waits: Vec<_> = (0..10).map(|_| e.failed(&err, &m)).collect();
+        assert_eq!(waits[0], Duration::from_millis(10));
+        assert_eq!(waits[1], Duration::from_millis(20));
+        assert_eq!(waits[9], Duration::from_secs(1));
+        assert_eq!(m.accept_errors_total.get(), 10);
+        e.succeeded();
+        assert_eq!(e.failed(&err, &m), Duration::from_millis(10));
     }
 }

@@ -16,10 +16,13 @@ use prometheus_client::registry::Registry;
 pub enum Reason {
     bad_request,
     body_too_large,
+    body_timeout,
     unsupported_media_type,
     rate_limited,
     too_many_streams,
     too_many_long_polls,
+    too_many_connections,
+    too_many_reads,
     forbidden_origin,
     shutting_down,
     storage_unavailable,
@@ -39,6 +42,7 @@ pub struct Metrics {
     pub sse_streams: Gauge,
     pub long_polls: Gauge,
     pub subscribers_dropped_total: Counter,
+    pub accept_errors_total: Counter,
     pub requests_rejected_total: Family<ReasonLabel, Counter>,
     pub post_latency_seconds: Histogram,
     pub store_commit_seconds: Histogram,
@@ -53,6 +57,7 @@ impl Default for Metrics {
         let sse_streams = Gauge::default();
         let long_polls = Gauge::default();
         let subscribers_dropped_total = Counter::default();
+        let accept_errors_total = Counter::default();
         let requests_rejected_total = Family::<ReasonLabel, Counter>::default();
         let post_latency_seconds = Histogram::new(exponential_buckets(0.0001, 2.0, 16));
         let store_commit_seconds = Histogram::new(exponential_buckets(0.00005, 2.0, 16));
@@ -80,6 +85,11 @@ impl Default for Metrics {
             subscribers_dropped_total.clone(),
         );
         registry.register(
+            "accept_errors",
+            "Connections the server failed to accept (e.g. out of file descriptors)",
+            accept_errors_total.clone(),
+        );
+        registry.register(
             "requests_rejected",
             "Requests refused, by reason",
             requests_rejected_total.clone(),
@@ -101,11 +111,30 @@ impl Default for Metrics {
             sse_streams,
             long_polls,
             subscribers_dropped_total,
+            accept_errors_total,
             requests_rejected_total,
             post_latency_seconds,
             store_commit_seconds,
             registry,
         }
+    }
+}
+
+/// One unit of a gauge, held: counted up when made, down when dropped,
+/// however the holder ends (a long-poll whose client hung up is dropped
+/// mid-wait, and must not stay counted).
+pub struct Held(Gauge);
+
+impl Held {
+    pub fn new(gauge: &Gauge) -> Self {
+        gauge.inc();
+        Held(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

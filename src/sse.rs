@@ -82,6 +82,29 @@ pub fn retry(ms: u64) -> Bytes {
     Bytes::from(format!("retry: {ms}\n\n"))
 }
 
+/// JSON for an event's `data`, with U+0085 (next line), U+2028 and U+2029
+/// (line and paragraph separators) written as `\u` escapes. EventSource
+/// does not break lines there, but some SSE client libraries do (they split
+/// with their language's "lines" function), and would cut the JSON in two.
+/// Outside strings JSON has no such characters, so escaping them all is
+/// still the same JSON value.
+pub fn json_data(json: String) -> String {
+    const SEPARATORS: [char; 3] = ['\u{85}', '\u{2028}', '\u{2029}'];
+    if !json.contains(SEPARATORS) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 8);
+    for c in json.chars() {
+        match c {
+            '\u{85}' => out.push_str("\\u0085"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Splits at CRLF, CR or LF, the way EventSource does. An empty string is
 /// one empty line, so `data("")` still carries an (empty) data field.
 fn split_lines(s: &str) -> impl Iterator<Item = &str> {
@@ -301,6 +324,15 @@ pub enum ItemRef<'a> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_data_escapes_what_some_clients_split_lines_on() {
+        let text = "a\u{85}b\u{2028}c\u{2029}d\\u2028";
+        let json = super::json_data(serde_json::json!({ "text": text }).to_string());
+        assert_eq!(json, r#"{"text":"a\u0085b\u2028c\u2029d\\u2028"}"#);
+        let back: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(back["text"], text, "the same value");
+    }
+
     use super::*;
 
     fn parse_all(bytes: &[u8]) -> Vec<Item> {

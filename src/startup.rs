@@ -69,39 +69,37 @@ impl Application {
         let metrics = Arc::new(Metrics::default());
         let cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let stop = |cancel: &CancellationToken, tracker: &TaskTracker| {
-            cancel.cancel();
-            tracker.close();
-            let tracker = tracker.clone();
-            async move { tracker.wait().await }
-        };
         let chat = match start_chat(&config, &metrics, &cancel, &tracker).await {
             Ok(chat) => chat,
             Err(e) => {
-                stop(&cancel, &tracker).await;
+                stop_started(&cancel, &tracker).await;
                 return Err(e);
             }
         };
         let addr = SocketAddr::new(config.host, config.port);
-        let bound = match TcpListener::bind(addr).await {
-            Ok(listener) => listener.local_addr().map(|addr| (listener, addr)),
-            Err(e) => Err(e),
+        let bound = async {
+            let listener = TcpListener::bind(addr).await?;
+            let addr = listener.local_addr()?;
+            Ok::<_, std::io::Error>((listener, addr))
         };
-        let (listener, addr) = match bound {
+        let (listener, addr) = match bound.await {
             Ok(bound) => bound,
             Err(source) => {
-                stop(&cancel, &tracker).await;
+                stop_started(&cancel, &tracker).await;
                 chat.close().await;
                 return Err(StartupError::Bind { addr, source });
             }
         };
-        let limits = Arc::new(Limits::new(
-            config.post_rate,
-            config.post_burst,
-            config.max_streams,
-            config.max_streams_per_ip,
-            config.max_long_polls,
-        ));
+        let limits = Arc::new(
+            Limits::new(
+                config.post_rate,
+                config.post_burst,
+                config.max_streams,
+                config.max_streams_per_ip,
+                config.max_long_polls,
+            )
+            .with_per_ip(config.max_long_polls_per_ip, config.max_connections_per_ip),
+        );
         Ok(Application {
             listener,
             addr,
@@ -156,12 +154,15 @@ impl Application {
 
         let scheme = if tls.is_some() { "https" } else { "http" };
         tracing::info!(%addr, db = %config.db, "listening on {scheme}://{addr}/");
+        let limits = state.limits.clone();
+        let trusted: Arc<[ipnet::IpNet]> = config.trusted_proxies.clone().into();
         Server::new(
             warp::service(routes(state)),
             tls,
             Duration::from_secs(config.write_timeout),
             metrics.clone(),
         )
+        .admit_with(limits, trusted)
         .accept_until(&listener, &tracker, &closing, shutdown)
         .await;
 
@@ -180,6 +181,14 @@ impl Application {
         chat.close().await;
         tracing::info!("shutdown complete");
     }
+}
+
+/// Ends what `build` started before it failed, so a failed start leaves
+/// nothing running.
+async fn stop_started(cancel: &CancellationToken, tracker: &TaskTracker) {
+    cancel.cancel();
+    tracker.close();
+    tracker.wait().await;
 }
 
 /// Opens the history and starts the chat; in cluster mode also the Redis

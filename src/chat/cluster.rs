@@ -2,9 +2,10 @@
 //! chat, and the entry point through which the cluster delivers to it.
 //!
 //! The domain owns both sides. A cluster implementation (the Redis
-//! adapter in the store module) implements [`Cluster`] (presence, the cluster-wide online count,
-//! health) and feeds what every node hears into an [`Inbox`]; it never
-//! touches the hub. Publishing needs no method of its own: a clustered
+//! adapter in the store module) implements [`Cluster`] (presence, the
+//! cluster-wide online count, health) and feeds what every node hears into
+//! an [`Inbox`]; it never touches the hub. The presence types the port
+//! speaks in are re-exported here, so an adapter needs nothing else. Publishing needs no method of its own: a clustered
 //! history publishes each message as it stores it (atomically, so the
 //! publish order is the id order) and every node, the appending one
 //! included, receives it back through its inbox. The writer then leaves
@@ -13,8 +14,11 @@
 use std::sync::Arc;
 
 use super::history::History;
-use super::hub::{ClusterPresence, Hub, PresenceBatch};
+use super::hub::Hub;
+
+pub use super::hub::{ClusterPresence, Joined, PresenceBatch};
 use super::message::Message;
+pub use super::presence::PRESENCE_GATHER;
 use super::types::{DisplayName, EventId, RoomName};
 
 /// Cluster-wide presence and health. Presence calls (from
@@ -25,6 +29,10 @@ pub trait Cluster: ClusterPresence + Send + Sync + 'static {
     /// the cluster does not answer (the chat then uses this node's count).
     fn online(&self, room: &RoomName) -> Option<usize>;
 
+    /// [`Cluster::online`] of each of `rooms`, in order, asked at once (one
+    /// round trip, not one per room), or `None` if the cluster does not
+    /// answer.
+    fn online_many(&self, rooms: &[RoomName]) -> Option<Vec<usize>>;
     /// The count and up to `limit` names, sorted (a sample when there are
     /// more), or `None` if the cluster does not answer.
     fn online_names(&self, room: &RoomName, limit: usize) -> Option<(usize, Vec<DisplayName>)>;

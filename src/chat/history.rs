@@ -72,8 +72,10 @@ pub trait History: Send + Sync + 'static {
     /// The newest id of `room`, if it has any message.
     fn last_id(&self, room: &RoomName) -> HistoryResult<Option<EventId>>;
 
-    /// Rooms that have messages.
-    fn rooms(&self) -> HistoryResult<Vec<RoomName>>;
+    /// Rooms that have messages, the most recently active first, at most
+    /// `limit`: one query, however many rooms there are (the welcome page
+    /// asks on every visit, and anyone may create rooms).
+    fn rooms(&self, limit: usize) -> HistoryResult<Vec<RoomName>>;
 
     /// Drops all but the newest `keep` messages of each room. Returns how
     /// many were removed.
@@ -112,7 +114,7 @@ pub(crate) mod conformance {
         let a = RoomName::parse("a").unwrap();
         let b = RoomName::parse("b").unwrap();
         assert_eq!(store.last_id(&a).unwrap(), None);
-        assert!(store.rooms().unwrap().is_empty());
+        assert!(store.rooms(10).unwrap().is_empty());
 
         let out = store
             .append(
@@ -167,7 +169,14 @@ pub(crate) mod conformance {
             latest.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
             ["9", "10"]
         );
-        assert_eq!(store.rooms().unwrap(), [a.clone(), b.clone()]);
+        assert_eq!(store.rooms(10).unwrap(), [a.clone(), b.clone()]);
+        store.append(&[new_msg(&b, "y", None)], 3000).unwrap();
+        assert_eq!(
+            store.rooms(10).unwrap(),
+            [b.clone(), a.clone()],
+            "latest first"
+        );
+        assert_eq!(store.rooms(1).unwrap(), std::slice::from_ref(&b));
 
         let removed = store.prune(4).unwrap();
         assert_eq!(removed, 6);
@@ -178,7 +187,7 @@ pub(crate) mod conformance {
         );
         assert_eq!(
             store.after(&b, None, 100).unwrap().len(),
-            1,
+            2,
             "other rooms untouched"
         );
         // An id older than what is kept replays all that is kept.

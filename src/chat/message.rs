@@ -57,7 +57,7 @@ impl Message {
             Format::Json => {
                 let json =
                     serde_json::to_string(&self.to_json(me)).expect("a message always serialises");
-                frame.data(&json).finish()
+                frame.data(&sse::json_data(json)).finish()
             }
             Format::Text => {
                 let who = if me { "me" } else { self.name.as_str() };

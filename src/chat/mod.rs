@@ -13,10 +13,12 @@ pub mod history;
 pub(crate) mod hub;
 pub mod message;
 pub mod presence;
+pub mod replay;
 pub mod subscriber;
 pub mod types;
 mod writer;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,12 +29,17 @@ use self::fanout::RecvError;
 use self::history::{History, HistoryError, NewMessage};
 use self::hub::{Hub, Subscription};
 use self::message::{messages_after, Event, Format, Message};
+use self::replay::{Fetch, Replay};
 use self::subscriber::EventStream;
 use self::types::{ClientId, DisplayName, EventId, RoomName};
 use self::writer::Writer;
 use crate::metrics::Metrics;
 
+pub use self::hub::TypingTooOften;
 pub use self::writer::Accepted;
+
+/// Rooms the welcome page lists at most.
+pub const LISTED_ROOMS: usize = 50;
 
 /// How long opening a stream waits for the cluster-wide online count before
 /// it says this node's.
@@ -62,39 +69,57 @@ pub struct Chat {
     cluster: Option<Arc<dyn Cluster>>,
 }
 
-/// A stream, opened: the client's name, how many are online, what it
-/// missed, and the live subscription its body reads.
+/// A stream, opened: the client's name, how many are online, the first
+/// page of what it missed, and the live subscription its body reads.
 pub struct OpenStream {
     pub name: DisplayName,
     pub online: usize,
-    /// Messages after the client's `since` / `Last-Event-ID`, oldest first.
-    pub replay: Vec<Message>,
+    /// Where the stream resumes: the client's `since` / `Last-Event-ID`,
+    /// or the room's newest id if that was beyond it (a history reset or
+    /// restored: an id from the future must not hide what comes next).
+    pub since: Option<EventId>,
+    /// The first page of messages after `since`, oldest first; the body
+    /// reads the rest page by page.
+    first_page: Vec<Message>,
+    chat: Chat,
+    room: RoomName,
     client: ClientId,
     sub: Subscription,
     metrics: Arc<Metrics>,
 }
 
 impl OpenStream {
-    /// The stream's body: `prelude`, then the room's live events newer than
-    /// `last_id`. `guards` are dropped with the stream.
+    /// The stream's body: `prelude`, the replay after `since`, then the
+    /// room's live events newer than what it sent. `guards` are dropped
+    /// with the stream.
     pub fn into_body<G>(
         self,
         prelude: Vec<Bytes>,
         format: Format,
-        last_id: Option<EventId>,
         retry_ms: u64,
         guards: G,
     ) -> EventStream<G> {
-        EventStream::new(
-            self.sub,
-            prelude,
-            self.client,
-            format,
-            last_id,
-            retry_ms,
-            self.metrics,
-            guards,
-        )
+        let OpenStream {
+            since,
+            first_page,
+            chat,
+            room,
+            client,
+            sub,
+            metrics,
+            ..
+        } = self;
+        let body = EventStream::new(
+            sub, prelude, client, format, since, retry_ms, metrics, guards,
+        );
+        if since.is_none() {
+            return body;
+        }
+        let fetch: Fetch = Box::new(move |after| {
+            let (chat, room) = (chat.clone(), room.clone());
+            tokio::spawn(async move { chat.after(&room, Some(after), replay::PAGE).await })
+        });
+        body.with_replay(Replay::new(first_page, fetch))
     }
 }
 
@@ -257,20 +282,58 @@ impl Chat {
         self.hub.typing(room, client, name, ip)
     }
 
-    /// Rooms worth listing: those with history and those with someone
-    /// online on this node, each with its online count, busiest first.
+    /// The busiest rooms, at most [`LISTED_ROOMS`], each with its online
+    /// count: the most people online first, then the most recently
+    /// active. Anyone may create rooms, so the list is bounded and costs
+    /// the same however many there are: one history query (the most
+    /// recently active), this node's presence, and in a cluster one round
+    /// trip for the online counts.
     pub async fn room_list(&self) -> Result<Vec<(RoomName, usize)>, ChatError> {
-        let mut names = self.rooms().await?;
-        names.extend(self.hub.rooms_online().into_iter().map(|(r, _)| r));
-        names.sort();
-        names.dedup();
-        let mut rooms = Vec::with_capacity(names.len());
-        for r in names {
-            let online = self.online(&r).await;
-            rooms.push((r, online));
+        let active = self.read(|h| h.rooms(LISTED_ROOMS)).await?;
+        let online_here: HashMap<RoomName, usize> = self.hub.rooms_online().into_iter().collect();
+        let mut crowded: Vec<(&RoomName, usize)> =
+            online_here.iter().map(|(r, n)| (r, *n)).collect();
+        if crowded.len() > LISTED_ROOMS {
+            crowded.select_nth_unstable_by(LISTED_ROOMS - 1, |a, b| b.1.cmp(&a.1));
+            crowded.truncate(LISTED_ROOMS);
         }
-        rooms.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        Ok(rooms)
+        // In order of activity; the crowded rooms without history after.
+        let mut names = active;
+        let mut crowded: Vec<RoomName> = crowded.into_iter().map(|(r, _)| r.clone()).collect();
+        crowded.sort();
+        for r in crowded {
+            if !names.contains(&r) {
+                names.push(r);
+            }
+        }
+        let cluster_counts = match self.cluster.clone() {
+            Some(cluster) => {
+                let asked = names.clone();
+                tokio::task::spawn_blocking(move || cluster.online_many(&asked))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            None => None,
+        };
+        let mut rooms: Vec<(RoomName, usize, usize)> = names
+            .into_iter()
+            .enumerate()
+            .map(|(rank, r)| {
+                let here = online_here.get(&r).copied().unwrap_or(0);
+                let online = cluster_counts
+                    .as_ref()
+                    .and_then(|c| c.get(rank))
+                    .map_or(here, |&n| n.max(here));
+                (r, online, rank)
+            })
+            .collect();
+        rooms.sort_by(|a, b| b.1.cmp(&a.1).then(a.2.cmp(&b.2)));
+        rooms.truncate(LISTED_ROOMS);
+        Ok(rooms
+            .into_iter()
+            .map(|(r, online, _)| (r, online))
+            .collect())
     }
 
     /// Opens a client's stream in `room`: counts it as present, subscribes
@@ -302,17 +365,45 @@ impl Chat {
             None if self.cluster.is_some() => self.online(room).await,
             None => sub.online,
         };
-        let replay = match since {
-            Some(after) => self.after(room, Some(after), usize::MAX).await?,
-            None => Vec::new(),
+        let (first_page, since) = match since {
+            Some(after) => {
+                let page = self.after(room, Some(after), replay::PAGE).await?;
+                let since = if page.is_empty() {
+                    self.clamped(room, after).await?
+                } else {
+                    Some(after)
+                };
+                (page, since)
+            }
+            None => (Vec::new(), None),
         };
         Ok(OpenStream {
             name: name.clone(),
             online,
-            replay,
+            since,
+            first_page,
+            chat: self.clone(),
+            room: room.clone(),
             client,
             sub,
             metrics: self.hub.metrics().clone(),
+        })
+    }
+
+    /// `since`, or the room's newest id if `since` is beyond it (none if
+    /// the room has no message): after a history reset or a restored
+    /// backup, a client's id may be from the future, and what is newer
+    /// than the room's newest is what it must get.
+    pub async fn clamped(
+        &self,
+        room: &RoomName,
+        since: EventId,
+    ) -> Result<Option<EventId>, ChatError> {
+        let newest = self.last_id(room).await?;
+        Ok(if newest < Some(since) {
+            newest
+        } else {
+            Some(since)
         })
     }
 
@@ -343,6 +434,12 @@ impl Chat {
         if !found.is_empty() {
             return Ok(Newer::Now(found));
         }
+        // Wait for what is newer than the room has, even if the client's
+        // id is from the future.
+        let since = match since {
+            Some(after) => self.clamped(room, after).await?,
+            None => None,
+        };
         Ok(Newer::Later(Box::new(Waiting {
             chat: self.clone(),
             room: room.clone(),
@@ -397,10 +494,6 @@ impl Chat {
         self.read(move |s| s.last_id(&room)).await
     }
 
-    pub async fn rooms(&self) -> Result<Vec<RoomName>, ChatError> {
-        self.read(|s| s.rooms()).await
-    }
-
     pub async fn prune(&self, keep: usize) -> Result<u64, ChatError> {
         self.read(move |s| s.prune(keep)).await
     }
@@ -428,5 +521,185 @@ impl Chat {
         if let Some(cluster) = self.cluster.clone() {
             let _ = tokio::task::spawn_blocking(move || cluster.depart()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::history::{Appended, HistoryResult};
+    use super::types::MessageText;
+    use super::*;
+    use std::sync::Mutex;
+    use tokio::time::Instant;
+
+    /// The least history that works: one list, ids from 1.
+    #[derive(Default)]
+    struct ListHistory(Mutex<Vec<Message>>);
+
+    impl History for ListHistory {
+        fn append(&self, batch: &[NewMessage], now_ms: i64) -> HistoryResult<Vec<Appended>> {
+            let mut list = self.0.lock().unwrap();
+            Ok(batch
+                .iter()
+                .map(|m| {
+                    let stored = m.stored(EventId(list.len() as u64 + 1), now_ms);
+                    list.push(stored.clone());
+                    Appended::New(stored)
+                })
+                .collect())
+        }
+        fn after(
+            &self,
+            room: &RoomName,
+            after: Option<EventId>,
+            limit: usize,
+        ) -> HistoryResult<Vec<Message>> {
+            let list = self.0.lock().unwrap();
+            Ok(list
+                .iter()
+                .filter(|m| &m.room == room && after.is_none_or(|a| m.id > a))
+                .take(limit)
+                .cloned()
+                .collect())
+        }
+        fn latest(&self, room: &RoomName, limit: usize) -> HistoryResult<Vec<Message>> {
+            let all = self.after(room, None, usize::MAX)?;
+            Ok(all[all.len().saturating_sub(limit)..].to_vec())
+        }
+        fn last_id(&self, room: &RoomName) -> HistoryResult<Option<EventId>> {
+            Ok(self.latest(room, 1)?.pop().map(|m| m.id))
+        }
+        fn rooms(&self, _limit: usize) -> HistoryResult<Vec<RoomName>> {
+            Ok(Vec::new())
+        }
+        fn prune(&self, _keep: usize) -> HistoryResult<u64> {
+            Ok(0)
+        }
+        fn flush(&self) -> HistoryResult<()> {
+            Ok(())
+        }
+    }
+
+    fn chat() -> Chat {
+        Chat::new(Arc::new(ListHistory::default()), 16, Arc::default()).unwrap()
+    }
+
+    fn msg(text: &str) -> NewMessage {
+        NewMessage {
+            room: RoomName::lobby(),
+            name: DisplayName::parse("n").unwrap(),
+            text: MessageText::parse(text.into(), 0).unwrap(),
+            sender: ClientId(1),
+            client_msg_id: None,
+        }
+    }
+
+    fn texts(list: &[Message]) -> Vec<&str> {
+        list.iter().map(|m| m.text.as_str()).collect()
+    }
+
+    async fn waiting(chat: &Chat, since: Option<EventId>) -> Waiting {
+        match chat.newer(&RoomName::lobby(), since, 10).await.unwrap() {
+            Newer::Later(w) => *w,
+            Newer::Now(found) => panic!("expected nothing newer, found {found:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_long_poll_answers_at_once_when_there_is_something_newer() {
+        let chat = chat();
+        let first = chat.post(msg("a")).await.unwrap();
+        chat.post(msg("b")).await.unwrap();
+        let Newer::Now(found) = chat
+            .newer(&RoomName::lobby(), Some(first.id), 10)
+            .await
+            .unwrap()
+        else {
+            panic!("b is newer");
+        };
+        assert_eq!(texts(&found), ["b"]);
+    }
+
+    #[tokio::test]
+    async fn a_long_poll_wakes_for_a_newer_message_and_reads_it() {
+        let chat = chat();
+        let first = chat.post(msg("a")).await.unwrap();
+        let w = waiting(&chat, Some(first.id)).await;
+        let poster = chat.clone();
+        tokio::spawn(async move { poster.post(msg("b")).await.unwrap() });
+        let got = w
+            .until(Instant::now() + Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert_eq!(texts(&got), ["b"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_poll_ignores_what_it_has_and_times_out_empty() {
+        let chat = chat();
+        let first = chat.post(msg("a")).await.unwrap();
+        let w = waiting(&chat, Some(first.id)).await;
+        // The late fan-out of the message the poll already has.
+        let again = chat.latest(&RoomName::lobby(), 1).await.unwrap();
+        chat.inbox().messages(again);
+        let started = Instant::now();
+        let got = w.until(started + Duration::from_secs(5)).await.unwrap();
+        assert!(got.is_empty());
+        assert_eq!(started.elapsed(), Duration::from_secs(5), "waited it out");
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_a_long_poll_empty_and_refuses_new_work() {
+        let chat = chat();
+        let first = chat.post(msg("a")).await.unwrap();
+        let w = waiting(&chat, Some(first.id)).await;
+        chat.shutdown();
+        let got = w
+            .until(Instant::now() + Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(got.is_empty());
+        assert!(matches!(
+            chat.post(msg("late")).await,
+            Err(ChatError::ShuttingDown)
+        ));
+        assert!(matches!(
+            chat.newer(&RoomName::lobby(), None, 1).await,
+            Err(ChatError::ShuttingDown)
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_stream_replays_after_since_then_gets_live_messages() {
+        let chat = chat();
+        let first = chat.post(msg("a")).await.unwrap();
+        chat.post(msg("b")).await.unwrap();
+        let name = chat.name_for(ClientId(2), Some(&DisplayName::parse("mine").unwrap()));
+        let stream = chat
+            .open_stream(&RoomName::lobby(), ClientId(2), &name, Some(first.id))
+            .await
+            .unwrap();
+        assert_eq!(texts(&stream.first_page), ["b"]);
+        assert_eq!(stream.online, 1);
+        assert_eq!(
+            chat.name_for(ClientId(2), None).as_str(),
+            "mine",
+            "remembered"
+        );
+        let mut body = stream.into_body(Vec::new(), Format::Text, 1000, ());
+        let wait = Duration::from_secs(10);
+        let replayed = tokio::time::timeout(wait, futures_util::StreamExt::next(&mut body))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(&replayed[..], b"event: message\nid: 2\ndata: n: b\n\n");
+        chat.post(msg("c")).await.unwrap();
+        let chunk = tokio::time::timeout(wait, futures_util::StreamExt::next(&mut body))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(&chunk[..], b"event: message\nid: 3\ndata: n: c\n\n");
     }
 }

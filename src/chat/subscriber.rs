@@ -1,5 +1,6 @@
-//! One SSE stream's body: the prelude (retry hint, hello, replay), then the
-//! room's live events, as a `Stream` of shared byte chunks.
+//! One SSE stream's body: the prelude (retry hint, hello), the replay (read
+//! from storage page by page, see [`super::replay`]), then the room's live
+//! events, as a `Stream` of shared byte chunks.
 //!
 //! Per live message the work is: receive an `Arc`, skip it if replay
 //! already covered it, pick the pre-encoded bytes for this viewer. No
@@ -23,12 +24,16 @@ use super::fanout::{Receiver, RecvError, TryRecvError};
 use super::hub::{Subscription, SubscriptionGuard};
 use super::message::{self, Event, Format, Tally};
 use super::presence::Board;
+use super::replay::{Replay, Step};
 use super::types::{ClientId, EventId};
 use crate::metrics::Metrics;
 
 pub struct EventStream<G> {
     /// Sent before live events; dropped (with its buffer) once sent.
     prelude: Option<std::vec::IntoIter<Bytes>>,
+    /// What the client missed, read from storage a page at a time; live
+    /// events wait in the channel meanwhile.
+    replay: Option<Replay>,
     rx: Receiver<Arc<Event>>,
     /// A message received while presence was due: written right after it.
     stash: Option<Arc<Event>>,
@@ -73,6 +78,7 @@ impl<G> EventStream<G> {
         } = sub;
         EventStream {
             prelude: Some(prelude.into_iter()),
+            replay: None,
             rx,
             stash: None,
             board,
@@ -86,6 +92,14 @@ impl<G> EventStream<G> {
             metrics,
             _guards: (guard, guards),
         }
+    }
+}
+
+impl<G> EventStream<G> {
+    /// Sends `replay` after the prelude, before going live.
+    pub fn with_replay(mut self, replay: Replay) -> Self {
+        self.replay = Some(replay);
+        self
     }
 }
 
@@ -228,6 +242,22 @@ impl<G: Unpin> Stream for EventStream<G> {
             }
             this.prelude = None;
         }
+        if let Some(replay) = &mut this.replay {
+            let step = replay.poll_step(cx, &mut this.last_id, this.viewer, this.format);
+            match step {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Step::Chunk(b)) => {
+                    this.metrics.bytes_sent_total.inc_by(b.len() as u64);
+                    return Poll::Ready(Some(Ok(b)));
+                }
+                Poll::Ready(Step::Failed(b)) => {
+                    this.done = true;
+                    this.replay = None;
+                    return Poll::Ready(Some(Ok(b)));
+                }
+                Poll::Ready(Step::Done) => this.replay = None,
+            }
+        }
         let first = match this.next_frame(Some(cx)) {
             Poll::Ready(Some(b)) => b,
             other => return other.map(|o| o.map(Ok)),
@@ -288,7 +318,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_opened_after_staging_gets_the_next_message_not_the_staged_one() {
         let hub = Hub::new(16, Arc::new(Metrics::default()));
-        let (room, me) = (RoomName::lobby(), DisplayName::parse("me").unwrap());
+        let (room, me) = (RoomName::lobby(), DisplayName::parse("myself").unwrap());
         // Someone is in the room, so it exists; the writer stages (and
         // answers the POST) before the wake-up.
         let _other = hub.open_stream(&room, ClientId(9), &me).unwrap();
@@ -538,7 +568,7 @@ mod tests {
             .open_stream(
                 &RoomName::lobby(),
                 ClientId(1),
-                &DisplayName::parse("me").unwrap(),
+                &DisplayName::parse("myself").unwrap(),
             )
             .unwrap();
         // The client already has id 1 (say from replay).

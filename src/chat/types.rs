@@ -66,7 +66,19 @@ fn is_forbidden_in_name(c: char) -> bool {
     c.is_control() || c == '\u{2028}' || c == '\u{2029}'
 }
 
-/// A public display name: 1-32 characters, no control characters.
+/// Characters that would let a name pass for another: bidirectional
+/// embeddings, overrides and isolates (they reorder what follows, so
+/// `alice\u{202E}ecila` reads as someone else) and zero-width characters
+/// (`al\u{200B}ice` looks like `alice`).
+fn is_spoofing_in_name(c: char) -> bool {
+    matches!(c,
+        '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        | '\u{200B}'..='\u{200D}' | '\u{2060}' | '\u{FEFF}')
+}
+
+/// A public display name: 1-32 characters, no control characters, no
+/// bidirectional controls or zero-width characters, and not `me` in any
+/// case (the text format shows a client's own messages as `me: ...`).
 /// Surrounding whitespace is trimmed first.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(transparent)]
@@ -89,6 +101,16 @@ impl DisplayName {
         }
         if s.chars().any(is_forbidden_in_name) {
             return Err(invalid("name must not contain control characters"));
+        }
+        if s.chars().any(is_spoofing_in_name) {
+            return Err(invalid(
+                "name must not contain bidirectional controls or zero-width characters",
+            ));
+        }
+        if s.eq_ignore_ascii_case("me") {
+            return Err(invalid(
+                "the name 'me' is reserved (it marks a client's own messages)",
+            ));
         }
         Ok(DisplayName(Arc::from(s)))
     }
@@ -189,18 +211,23 @@ impl fmt::Debug for ClientToken {
 }
 
 impl ClientToken {
+    /// At least 128 bits written in hex: anything shorter could be guessed
+    /// (or chosen by someone else: `a` is a token many scripts would pick).
+    pub const MIN_LEN: usize = 32;
     pub const MAX_LEN: usize = 128;
 
     /// Tokens are URL-safe so they fit in a cookie, a header and a query.
     pub fn parse(s: &str) -> Result<Self, Invalid> {
-        let ok = (1..=Self::MAX_LEN).contains(&s.len())
+        let ok = (Self::MIN_LEN..=Self::MAX_LEN).contains(&s.len())
             && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~'));
         if ok {
             Ok(ClientToken(s.to_owned()))
         } else {
             Err(invalid(format!(
-                "client token must be 1-{} URL-safe characters (A-Z a-z 0-9 - _ . ~)",
+                "client token must be {}-{} URL-safe characters (A-Z a-z 0-9 - _ . ~): \
+                 at least 128 random bits, e.g. 32 hex digits",
+                Self::MIN_LEN,
                 Self::MAX_LEN
             )))
         }
@@ -311,8 +338,32 @@ mod tests {
     }
 
     #[test]
+    fn names_that_pass_for_someone_else_are_refused() {
+        for bad in [
+            "me",
+            "ME",
+            " Me ",
+            "mE",
+            "alice\u{202E}ecila",
+            "\u{202A}x",
+            "x\u{2066}",
+            "x\u{2069}",
+            "al\u{200B}ice",
+            "al\u{200C}ice",
+            "al\u{200D}ice",
+            "al\u{2060}ice",
+            "\u{FEFF}alice",
+        ] {
+            assert!(DisplayName::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in ["meg", "me2", "mé", "alice", "\u{05D0}\u{05D1}"] {
+            assert!(DisplayName::parse(good).is_ok(), "{good:?} refused");
+        }
+    }
+
+    #[test]
     fn guest_names_are_stable_per_token() {
-        let t = ClientToken::parse("some-token").unwrap();
+        let t = ClientToken::parse("some-token-of-thirty-two-chars-xx").unwrap();
         let a = DisplayName::guest(t.id());
         assert_eq!(a, DisplayName::guest(t.id()));
         assert!(a.as_str().starts_with("guest-") && a.as_str().len() == 10);
@@ -354,9 +405,21 @@ mod tests {
         assert!(ClientToken::parse(t.expose()).is_ok());
         assert_ne!(t, ClientToken::mint());
         assert!(!format!("{t:?}").contains(t.expose()));
-        for bad in ["", "a b", "a;b", "a\nb", &"a".repeat(129)] {
+        for bad in [
+            "",
+            "a",
+            &"a".repeat(31),
+            &"a b".repeat(11),
+            &"a;b".repeat(11),
+            "a\nb",
+            &"a".repeat(129),
+        ] {
             assert!(ClientToken::parse(bad).is_err(), "{bad:?} accepted");
         }
+        assert!(
+            ClientToken::parse(&"0f".repeat(16)).is_ok(),
+            "128 bits in hex"
+        );
         assert_ne!(t.id(), ClientToken::mint().id());
     }
 

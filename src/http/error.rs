@@ -6,7 +6,7 @@ use warp::http::{header, HeaderValue, StatusCode};
 use warp::reply::Response;
 
 use crate::chat::types::Invalid;
-use crate::chat::ChatError;
+use crate::chat::{ChatError, TypingTooOften};
 use crate::limits::Refused;
 use crate::metrics::{Metrics, Reason};
 
@@ -14,6 +14,8 @@ use crate::metrics::{Metrics, Reason};
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    #[error("the request body did not arrive within {0} s")]
+    RequestTimeout(u64),
     #[error("request body is larger than the limit of {0} bytes")]
     PayloadTooLarge(usize),
     #[error("unsupported content type: send application/x-www-form-urlencoded, application/json or text/plain")]
@@ -21,6 +23,9 @@ pub enum ApiError {
     /// A limit refused the request (rate, streams, long-polls).
     #[error(transparent)]
     Refused(#[from] Refused),
+    /// Typing notices come too often from this client or address.
+    #[error("typing notices: at most one every 2 s per client; retry later")]
+    TypingTooOften { retry_after: u64 },
     #[error("cross-site request refused: this origin may not post to this chat")]
     ForbiddenOrigin,
     #[error("the server is shutting down; retry in a moment")]
@@ -43,6 +48,12 @@ impl From<Invalid> for ApiError {
     }
 }
 
+impl From<TypingTooOften> for ApiError {
+    fn from(TypingTooOften(retry_after): TypingTooOften) -> Self {
+        ApiError::TypingTooOften { retry_after }
+    }
+}
+
 impl From<ChatError> for ApiError {
     fn from(e: ChatError) -> Self {
         match e {
@@ -59,11 +70,17 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Refused(
-                Refused::Rate { .. } | Refused::Typing { .. } | Refused::TooManyStreamsFromIp,
-            ) => StatusCode::TOO_MANY_REQUESTS,
+                Refused::Rate { .. }
+                | Refused::TooManyStreamsFromIp
+                | Refused::TooManyLongPollsFromIp
+                | Refused::TooManyReadsFromIp
+                | Refused::OpeningTooFast { .. },
+            )
+            | ApiError::TypingTooOften { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Refused(Refused::TooManyStreams | Refused::TooManyLongPolls)
             | ApiError::ShuttingDown
             | ApiError::StorageUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -78,14 +95,17 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) | ApiError::MethodNotAllowed => Reason::bad_request,
             ApiError::PayloadTooLarge(_) => Reason::body_too_large,
+            ApiError::RequestTimeout(_) => Reason::body_timeout,
             ApiError::UnsupportedMediaType => Reason::unsupported_media_type,
-            ApiError::Refused(Refused::Rate { .. } | Refused::Typing { .. }) => {
-                Reason::rate_limited
-            }
+            ApiError::Refused(Refused::Rate { .. } | Refused::OpeningTooFast { .. })
+            | ApiError::TypingTooOften { .. } => Reason::rate_limited,
             ApiError::Refused(Refused::TooManyStreams | Refused::TooManyStreamsFromIp) => {
                 Reason::too_many_streams
             }
-            ApiError::Refused(Refused::TooManyLongPolls) => Reason::too_many_long_polls,
+            ApiError::Refused(Refused::TooManyLongPolls | Refused::TooManyLongPollsFromIp) => {
+                Reason::too_many_long_polls
+            }
+            ApiError::Refused(Refused::TooManyReadsFromIp) => Reason::too_many_reads,
             ApiError::ForbiddenOrigin => Reason::forbidden_origin,
             ApiError::ShuttingDown => Reason::shutting_down,
             ApiError::StorageUnavailable => Reason::storage_unavailable,
@@ -97,9 +117,10 @@ impl ApiError {
     /// Seconds the client should wait before retrying, if it should.
     fn retry_after(&self) -> Option<u64> {
         match self {
-            ApiError::Refused(Refused::Rate { retry_after } | Refused::Typing { retry_after }) => {
-                Some((*retry_after).max(1))
-            }
+            ApiError::Refused(
+                Refused::Rate { retry_after } | Refused::OpeningTooFast { retry_after },
+            )
+            | ApiError::TypingTooOften { retry_after } => Some((*retry_after).max(1)),
             ApiError::Refused(Refused::TooManyStreams | Refused::TooManyLongPolls)
             | ApiError::ShuttingDown
             | ApiError::StorageUnavailable => Some(1),
@@ -125,6 +146,10 @@ impl ApiError {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if let Some(secs) = self.retry_after() {
             h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let ApiError::RequestTimeout(_) = self {
+            // The rest of the body may still come: this connection is done.
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         res
     }

@@ -60,7 +60,9 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
     let name = q
         .take("name")?
         .map(|n| DisplayName::parse(&n))
-        .transpose()?;
+        .transpose()?
+        // A cross-site link to this stream must not rename whoever follows it.
+        .filter(|_| !identity::is_cross_site(&ctx.headers));
     let client_q = q.take("client")?;
     // The header wins over `since`: it is what a reconnecting browser knows.
     let since = last_event_id(&ctx)?.or(since);
@@ -70,49 +72,49 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
     if chat.is_shutting_down() {
         return Err(ApiError::ShuttingDown);
     }
-    let permit = state.limits.acquire_stream(ctx.peer.map(|p| p.ip()))?;
+    // Every open reads history and counts a presence: rate-limited per
+    // address, like posting.
+    state.limits.check_stream_open(ctx.client)?;
+    let permit = state.limits.acquire_stream(ctx.client)?;
 
     let client = who.token.id();
     let name = chat.name_for(client, name.as_ref());
     let stream = chat.open_stream(&room, client, &name, since).await?;
-    let (online, replay) = (stream.online, &stream.replay);
+    let online = stream.online;
     let minted = who.minted.then(|| who.token.expose());
-    let mut prelude = Vec::with_capacity(replay.len() + 2);
-    prelude.push(sse::retry(state.config.retry_ms));
-    prelude.push(message::hello_frame(&room, &name, online, minted));
-    for m in replay {
-        prelude.push(m.frame(format, m.sender == client));
-    }
-    let last_id = replay.last().map(|m| m.id).max(since);
+    let prelude = vec![
+        sse::retry(state.config.retry_ms),
+        message::hello_frame(&room, &name, online, minted),
+    ];
     tracing::info!(
-        room = %room, name = %name, online, replayed = replay.len(),
-        peer = ?ctx.peer, "connect"
+        room = %room, name = %name, online, since = ?stream.since,
+        peer = ?ctx.peer, client = ?ctx.client, "connect"
     );
     let log = DisconnectLog {
         room: room.clone(),
         name: name.clone(),
         peer: ctx.peer,
     };
-    let body = stream.into_body(
-        prelude,
-        format,
-        last_id,
-        state.config.retry_ms,
-        (permit, log),
-    );
+    let body = stream.into_body(prelude, format, state.config.retry_ms, (permit, log));
     let mut res = warp::reply::stream(body).into_response();
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),
     );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if who.minted {
+        // It carries a new secret (cookie and hello): no cache may keep it.
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache, no-store"),
+        );
         h.insert(
             header::SET_COOKIE,
             identity::set_cookie(&who.token, ctx.https),
         );
+    } else {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
     Ok(res)
 }

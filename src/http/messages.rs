@@ -16,6 +16,8 @@ use crate::chat::history::NewMessage;
 use crate::chat::message::MessageJson;
 use crate::chat::types::{ClientMsgId, DisplayName, Invalid, MessageText, RoomName};
 use crate::chat::{Accepted, Newer};
+use crate::metrics::Held;
+use warp::Reply;
 
 /// The fields of a POST, whatever the body's content type.
 #[derive(Debug, Default, Deserialize)]
@@ -54,6 +56,28 @@ pub(super) fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
 
 /// Reads the body up to `limit` bytes (0 = no limit), whether or not it
 /// declares a `Content-Length`: a chunked body is cut off at the limit too.
+/// [`read_body`] within `--body-timeout`: the head came in time (hyper's
+/// timeout); the body must too, or a client could hold the connection
+/// for ever with a few bytes.
+pub(super) async fn read_body_in_time<S, B>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: S,
+    limit: usize,
+) -> Result<Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let body = read_body(headers, body, limit);
+    match state.config.body_timeout {
+        0 => body.await,
+        secs => tokio::time::timeout(Duration::from_secs(secs), body)
+            .await
+            .map_err(|_| ApiError::RequestTimeout(secs))?,
+    }
+}
+
 pub(super) async fn read_body<S, B>(
     headers: &HeaderMap,
     body: S,
@@ -95,16 +119,22 @@ where
 /// `client` from it).
 fn parse_fields(kind: BodyKind, body: &[u8], query: &mut Fields) -> Result<PostFields, ApiError> {
     match kind {
-        BodyKind::Form => {
-            let mut f = Fields::parse(body)?;
-            let text = f.take("text")?;
-            Ok(with_meta(text, &mut f)?)
-        }
-        BodyKind::Json => {
-            let s = std::str::from_utf8(body)
-                .map_err(|_| ApiError::BadRequest("invalid UTF-8 in JSON body".into()))?;
-            serde_json::from_str::<PostFields>(s)
-                .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))
+        BodyKind::Form | BodyKind::Json => {
+            let mut f = if kind == BodyKind::Form {
+                let mut f = Fields::parse(body)?;
+                let text = f.take("text")?;
+                with_meta(text, &mut f)?
+            } else {
+                let s = std::str::from_utf8(body)
+                    .map_err(|_| ApiError::BadRequest("invalid UTF-8 in JSON body".into()))?;
+                serde_json::from_str::<PostFields>(s)
+                    .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?
+            };
+            // Every endpoint takes `room` from the query too
+            // (`POST /chat/messages?room=R`); the body's wins.
+            let from_query = query.take("room")?;
+            f.room = f.room.or(from_query);
+            Ok(f)
         }
         BodyKind::Text => {
             let text = String::from_utf8(body.to_vec())
@@ -204,7 +234,9 @@ where
     }
     check_origin(&ctx.headers)?;
     let kind = body_kind(&ctx.headers)?;
-    let body = read_body(&ctx.headers, body, state.config.max_body_bytes).await?;
+    // The head came in time (hyper's timeout); the body must too, or a
+    // client could hold the connection for ever with a few bytes.
+    let body = read_body_in_time(state, &ctx.headers, body, state.config.max_body_bytes).await?;
     let mut query = Fields::parse(ctx.query.as_bytes())?;
     let f = parse_fields(kind, &body, &mut query)?;
     let text = f
@@ -221,8 +253,15 @@ where
     let client_q = query.take("client")?;
     let who = identity::resolve(&ctx.headers, client_q.as_deref())?;
     let sender = who.token.id();
+    // The store keeps `client_msg_id` per sender. A request without a token
+    // is a new client each time, so a retried one would be stored twice:
+    // key it on its address instead.
+    let store_sender = match (&client_msg_id, who.minted, ctx.client) {
+        (Some(_), true, Some(ip)) => identity::anonymous_sender(ip),
+        _ => sender,
+    };
 
-    state.limits.check_post(sender, ctx.peer.map(|p| p.ip()))?;
+    state.limits.check_post(sender, ctx.client)?;
 
     let name = state.chat.name_for(sender, name.as_ref());
     let chars = text.as_str().chars().count();
@@ -232,7 +271,7 @@ where
             room: room.clone(),
             name: name.clone(),
             text,
-            sender,
+            sender: store_sender,
             client_msg_id,
         })
         .await?;
@@ -320,12 +359,12 @@ async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiErro
         match chat.newer(&room, since, limit).await? {
             Newer::Now(messages) => messages,
             Newer::Later(waiting) => {
-                let _permit = state.limits.acquire_long_poll()?;
+                // Both given back however this ends, the client hanging up
+                // (this future dropped mid-wait) included.
+                let _permit = state.limits.acquire_long_poll(ctx.client)?;
+                let _waiting = Held::new(&state.metrics.long_polls);
                 let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(wait);
-                state.metrics.long_polls.inc();
-                let found = waiting.until(deadline).await;
-                state.metrics.long_polls.dec();
-                found?
+                waiting.until(deadline).await?
             }
         }
     } else {
@@ -333,12 +372,18 @@ async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiErro
     };
     let last_id = match messages.last() {
         Some(m) => Some(m.id),
+        // Nothing newer: `since` itself, unless it is beyond the room's
+        // newest id (history reset or restored), then that newest id, so
+        // the client's next `since` finds what comes next.
         None => match since {
-            Some(s) => Some(s),
+            Some(s) => chat.clamped(&room, s).await?,
             None => chat.last_id(&room).await?,
         },
     };
     messages.truncate(limit);
+    // Up to 500 messages wait in memory for a client that may not read
+    // them: an address may have only so many such answers in flight.
+    let permit = state.limits.acquire_read(ctx.client)?;
     let body = History {
         room: &room,
         messages: messages
@@ -347,7 +392,33 @@ async fn handle_history(state: &AppState, ctx: &Ctx) -> Result<Response, ApiErro
             .collect(),
         last_id: last_id.map(|id| id.to_string()),
     };
-    Ok(json_response(StatusCode::OK, &body))
+    Ok(held_json(&body, permit))
+}
+
+/// A JSON answer whose body holds `guard` until it has been written (or
+/// the client is gone). The body goes out in pieces: hyper asks for the
+/// next one only when the socket took the last, so the guard stays held
+/// while a client that does not read keeps the answer waiting.
+fn held_json<T: Serialize>(body: &T, guard: impl Send + Sync + 'static) -> Response {
+    const PIECE: usize = 16 * 1024;
+    let bytes = Bytes::from(serde_json::to_vec(body).expect("history serialises"));
+    let pieces: Vec<Bytes> = (0..bytes.len())
+        .step_by(PIECE)
+        .map(|at| bytes.slice(at..bytes.len().min(at + PIECE)))
+        .collect();
+    let stream = futures_util::stream::iter(pieces).map(move |piece| {
+        let _held = &guard;
+        Ok::<_, std::convert::Infallible>(piece)
+    });
+    let mut res = warp::reply::stream(stream).into_response();
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+    res
 }
 
 #[cfg(test)]

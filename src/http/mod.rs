@@ -2,6 +2,7 @@
 //! one `recover` at the top.
 
 pub mod assets;
+pub mod client_addr;
 pub mod error;
 pub mod events;
 pub mod form;
@@ -13,8 +14,10 @@ pub mod pages;
 pub mod typing;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+
+use ipnet::IpNet;
 
 use warp::http::HeaderMap;
 use warp::reply::Response;
@@ -48,22 +51,34 @@ pub struct Https;
 pub struct Ctx {
     pub headers: HeaderMap,
     pub query: String,
+    /// The connection's peer (a proxy, if there is one).
     pub peer: Option<SocketAddr>,
-    /// The request came over TLS.
+    /// The client's address, through trusted proxies: what per-address
+    /// limits key on.
+    pub client: Option<IpAddr>,
+    /// The client reached us over HTTPS: over our own TLS, or a trusted
+    /// proxy says so with `X-Forwarded-Proto`.
     pub https: bool,
 }
 
-fn ctx() -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
+/// Builds each request's `Ctx`, resolving the client through `trusted`
+/// proxies.
+fn ctx_with(trusted: Arc<[IpNet]>) -> impl Filter<Extract = (Ctx,), Error = Infallible> + Clone {
     warp::header::headers_cloned()
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::ext::optional::<PeerAddr>())
         .and(warp::ext::optional::<Https>())
         .map(
-            |headers, query, peer: Option<PeerAddr>, https: Option<Https>| Ctx {
-                headers,
-                query,
-                peer: peer.map(|p| p.0),
-                https: https.is_some(),
+            move |headers: HeaderMap, query, peer: Option<PeerAddr>, tls: Option<Https>| {
+                let peer = peer.map(|p| p.0);
+                let client = peer.map(|p| client_addr::resolve(p.ip(), &headers, &trusted));
+                Ctx {
+                    client: client.map(|c| c.ip),
+                    https: tls.is_some() || client.is_some_and(|c| c.forwarded_https),
+                    headers,
+                    query,
+                    peer,
+                }
             },
         )
 }
@@ -108,6 +123,8 @@ const HSTS: &str = "max-age=31536000";
 
 fn resources(state: AppState) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let s = with_state(state.clone());
+    let trusted: Arc<[IpNet]> = state.config.trusted_proxies.clone().into();
+    let ctx = move || ctx_with(trusted.clone());
     let index = warp::path::end()
         .and(get_or_head())
         .and(s.clone())
@@ -153,10 +170,11 @@ fn resources(state: AppState) -> impl Filter<Extract = (Response,), Error = Infa
         .and(get_or_head())
         .and(s.clone())
         .map(ops::metrics);
-    let assets = warp::path!("static" / String)
+    let assets = warp::path("static")
+        .and(warp::path::tail())
         .and(get_or_head())
         .and(warp::header::headers_cloned())
-        .map(assets::serve);
+        .map(|tail: warp::path::Tail, h: HeaderMap| assets::serve(tail.as_str(), &h));
 
     index
         .or(chat_page)

@@ -13,11 +13,9 @@ use warp::reply::Response;
 
 use super::error::ApiError;
 use super::form::Fields;
-use super::messages::{body_kind, check_origin, read_body, BodyKind};
+use super::messages::{body_kind, check_origin, read_body_in_time, BodyKind};
 use super::{identity, AppState, Ctx};
-use crate::chat::hub::TypingTooOften;
 use crate::chat::types::{DisplayName, RoomName};
-use crate::limits::Refused;
 
 /// A typing notice needs a room and a name at most: its body stays small
 /// whatever `--max-body-bytes` says.
@@ -54,7 +52,7 @@ where
     }
     check_origin(&ctx.headers)?;
     let kind = body_kind(&ctx.headers)?;
-    let body = read_body(&ctx.headers, body, MAX_BODY).await?;
+    let body = read_body_in_time(state, &ctx.headers, body, MAX_BODY).await?;
     let f = match kind {
         BodyKind::Form => {
             let mut f = Fields::parse(&body)?;
@@ -75,8 +73,7 @@ where
     let who = identity::resolve(&ctx.headers, client_q.as_deref())?;
     let client = who.token.id();
     let name = chat.name_for(client, name.as_ref());
-    chat.typing(&room, client, &name, ctx.peer.map(|p| p.ip()))
-        .map_err(|TypingTooOften(retry_after)| Refused::Typing { retry_after })?;
+    chat.typing(&room, client, &name, ctx.client)?;
     let mut res = Response::new(Default::default());
     *res.status_mut() = StatusCode::NO_CONTENT;
     if who.minted {

@@ -25,6 +25,7 @@ use std::time::Duration;
 use hyper::body::{Body, Incoming};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use ipnet::IpNet;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,7 +33,8 @@ use tower_service::Service;
 
 use self::tls::{Tls, ALPN_ACME, ALPN_H2};
 use crate::http::{Https, PeerAddr};
-use crate::metrics::Metrics;
+use crate::limits::{AcceptErrors, Limits};
+use crate::metrics::{Metrics, Reason};
 use crate::stall::StallTimeout;
 
 /// Per-connection kernel send buffer (Linux doubles it): plenty for chat
@@ -66,6 +68,8 @@ pub struct Server<S> {
     h2: http2::Builder<TokioExecutor>,
     write_timeout: Duration,
     metrics: Arc<Metrics>,
+    /// Per-address connection shares, and the proxies exempt from them.
+    admission: Option<(Arc<Limits>, Arc<[IpNet]>)>,
 }
 
 impl<S, B> Server<S>
@@ -106,7 +110,16 @@ where
             h2,
             write_timeout,
             metrics,
+            admission: None,
         }
+    }
+
+    /// Caps connections per client address (`--max-connections-per-ip`):
+    /// beyond its share a new connection is closed at once. A trusted proxy
+    /// speaks for many clients and is not capped.
+    pub fn admit_with(mut self, limits: Arc<Limits>, trusted: Arc<[IpNet]>) -> Self {
+        self.admission = Some((limits, trusted));
+        self
     }
 
     /// Accepts until `shutdown` completes; each connection runs on
@@ -125,15 +138,30 @@ where
         }
         let server = Arc::new(self);
         let mut shutdown = std::pin::pin!(shutdown);
+        let mut accept_errors = AcceptErrors::default();
         loop {
             let (stream, peer) = tokio::select! {
                 () = &mut shutdown => break,
                 accepted = listener.accept() => match accepted {
                     Ok(pair) => pair,
                     Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        tracing::error!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        // EMFILE and friends: back off instead of spinning
+                        // (counted; logged at most once a second).
+                        let wait = accept_errors.failed(&e, &server.metrics);
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                },
+            };
+            accept_errors.succeeded();
+            let permit = match &server.admission {
+                None => None,
+                Some((limits, trusted)) => match limits.acquire_connection(peer.ip()) {
+                    Some(p) => Some(p),
+                    None if trusted.iter().any(|n| n.contains(&peer.ip())) => None,
+                    None => {
+                        server.metrics.rejected(Reason::too_many_connections);
+                        drop(stream);
                         continue;
                     }
                 },
@@ -151,6 +179,7 @@ where
                     // connections should not reserve room for it.
                     Some(tls) => Box::pin(server.secure(&tls, stream, peer, &closing)).await,
                 }
+                drop(permit);
             });
         }
     }

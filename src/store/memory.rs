@@ -118,16 +118,20 @@ impl History for MemoryStore {
             .map(|m| m.id))
     }
 
-    fn rooms(&self) -> HistoryResult<Vec<RoomName>> {
+    fn rooms(&self, limit: usize) -> HistoryResult<Vec<RoomName>> {
         let inner = self.lock();
         let mut rooms: Vec<_> = inner
             .rooms
             .iter()
-            .filter(|(_, l)| !l.is_empty())
-            .map(|(r, _)| r.clone())
+            .filter_map(|(r, l)| Some((l.back()?.id, r)))
             .collect();
-        rooms.sort();
-        Ok(rooms)
+        let by_latest = |a: &(EventId, &RoomName), b: &(EventId, &RoomName)| b.0.cmp(&a.0);
+        if rooms.len() > limit {
+            rooms.select_nth_unstable_by(limit.saturating_sub(1), by_latest);
+            rooms.truncate(limit);
+        }
+        rooms.sort_unstable_by(by_latest);
+        Ok(rooms.into_iter().map(|(_, r)| r.clone()).collect())
     }
 
     fn prune(&self, keep: usize) -> HistoryResult<u64> {

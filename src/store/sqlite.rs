@@ -26,7 +26,7 @@ use crate::config::Durability;
 
 /// The schema this build writes. Older files are migrated on open; newer
 /// ones are refused (they may hold data this build would misread).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// The `synchronous` pragma for a durability setting.
 fn sync_pragma(durability: Durability) -> &'static str {
@@ -230,6 +230,23 @@ fn migrate(conn: &Connection) -> Result<(), MigrateError> {
              COMMIT;",
         )?;
     }
+    if version < 2 {
+        // Each room's newest id, kept by the writer: the welcome page lists
+        // the most recently active rooms with one indexed read instead of
+        // grouping every message.
+        conn.execute_batch(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE IF NOT EXISTS rooms (
+                 room    TEXT    PRIMARY KEY,
+                 last_id INTEGER NOT NULL
+             ) WITHOUT ROWID;
+             CREATE INDEX IF NOT EXISTS rooms_last_id ON rooms (last_id);
+             INSERT OR REPLACE INTO rooms (room, last_id)
+                 SELECT room, MAX(id) FROM messages GROUP BY room;
+             PRAGMA user_version = 2;
+             COMMIT;",
+        )?;
+    }
     Ok(())
 }
 
@@ -255,7 +272,13 @@ fn row_to_message(
 impl History for SqliteStore {
     fn append(&self, batch: &[NewMessage], now_ms: i64) -> HistoryResult<Vec<Appended>> {
         let mut conn = self.writer();
-        let tx = conn.transaction().map_err(unavailable)?;
+        // IMMEDIATE: take the write lock first (waiting up to the busy
+        // timeout). A deferred transaction reads an idempotency key and then
+        // cannot upgrade to a write if pruning committed meanwhile: SQLite
+        // refuses at once, without waiting, and the POSTs got a 503.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
         let mut out = Vec::with_capacity(batch.len());
         {
             let mut find_key = tx
@@ -264,6 +287,12 @@ impl History for SqliteStore {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO messages (room, name, text, ts, sender) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(unavailable)?;
+            let mut touch_room = tx
+                .prepare_cached(
+                    "INSERT INTO rooms (room, last_id) VALUES (?1, ?2)
+                     ON CONFLICT (room) DO UPDATE SET last_id = excluded.last_id",
                 )
                 .map_err(unavailable)?;
             let mut insert_key = tx
@@ -298,6 +327,9 @@ impl History for SqliteStore {
                     ])
                     .map_err(unavailable)?;
                 let id = tx.last_insert_rowid();
+                touch_room
+                    .execute(params![m.room.as_str(), id])
+                    .map_err(unavailable)?;
                 if let Some(key) = &m.client_msg_id {
                     insert_key
                         .execute(params![&sender[..], key.as_str(), id, m.room.as_str()])
@@ -350,10 +382,12 @@ impl History for SqliteStore {
         .map(|id| id.map(|i| EventId(i as u64)))
     }
 
-    fn rooms(&self) -> HistoryResult<Vec<RoomName>> {
+    fn rooms(&self, limit: usize) -> HistoryResult<Vec<RoomName>> {
+        let limit = limit.min(i64::MAX as usize) as i64;
         self.read(|c| {
-            let mut st = c.prepare_cached("SELECT DISTINCT room FROM messages ORDER BY room")?;
-            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            let mut st =
+                c.prepare_cached("SELECT room FROM rooms ORDER BY last_id DESC LIMIT ?1")?;
+            let rows = st.query_map([limit], |r| r.get::<_, String>(0))?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
         })
         .map(|names| {
@@ -442,6 +476,41 @@ mod tests {
             "ids keep increasing across restarts and pruning"
         );
         assert_eq!(store.after(&room, None, 10).unwrap().len(), 1);
+    }
+
+    /// Pruning commits on its own connection while the writer appends. A
+    /// batch that reads first (an idempotency key) and then writes must
+    /// wait for the lock, not fail: a deferred transaction cannot upgrade
+    /// to a write once another connection has committed (SQLITE_BUSY,
+    /// without waiting). Found by the soak: POSTs answered 503 while
+    /// history was pruned.
+    #[test]
+    fn appends_do_not_fail_while_pruning() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(SqliteStore::open_with(&dir.path().join("t.db"), Durability::Normal).unwrap());
+        let room = RoomName::lobby();
+        let stop = Arc::new(AtomicBool::new(false));
+        let pruner = {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    store.prune(1).expect("prune");
+                }
+            })
+        };
+        let mut failed = 0;
+        for i in 0..1000 {
+            let key = format!("k{i}");
+            if store.append(&[new_msg(&room, "x", Some(&key))], i).is_err() {
+                failed += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        pruner.join().unwrap();
+        assert_eq!(failed, 0, "appends refused while pruning");
     }
 
     #[test]

@@ -15,6 +15,9 @@ use crate::external::{
 };
 use crate::helpers::{metric_value, spawn_app, texts_at, TestApp};
 
+/// Who is here, typing, unread, links, CSP, screenshots, first-load size.
+mod features;
+
 /// Longest wait for anything a page should show.
 const BW: Duration = Duration::from_secs(20);
 
@@ -793,114 +796,6 @@ return {ok: out.length === 2, out, tags, pwned: window.pwned || null};
 /* ---------------- the page as people see it ---------------- */
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn browser_screenshots_desktop_and_phone_with_a_sane_layout() {
-    let Some((_p, wd)) = browser("browser_screenshots").await else {
-        return;
-    };
-    let app = spawn_app().await;
-    let url = app.url("/chat?room=lobby");
-    for (name, text) in [
-        ("alice", "Morning all! Has anyone tried ssechat behind the office proxy?"),
-        ("bob", "Yes — WebSockets are blocked here but this works fine."),
-        ("alice", "Multi-line works too:\n  • first\n  • second"),
-        ("carol", "<b>tags</b> show as text, & that's fine"),
-        ("bob", "averyveryveryveryveryveryveryveryverylongwordwithoutanyspacesthatmustwrapinsteadofoverflowing"),
-    ] {
-        app.post_json(None, json!({"room": "lobby", "name": name, "text": text}))
-            .await;
-    }
-    let (s, other) = tokio::join!(
-        wd.session(BrowserOpts::default()),
-        wd.session(BrowserOpts::default())
-    );
-    open_chat(&s, &url).await;
-    set_name(&s, "dana").await;
-    wait_state(&s, "dana", "connected", BW).await;
-    open_chat(&other, &url).await;
-    wait_online(&s, "dana", 2).await;
-    type_and_send(&s, "Hi everyone, dana here.").await;
-    wait_lines(&s, "dana", &lines(&["me: Hi everyone, dana here."]), false).await;
-    type_and_send(&other, "welcome dana").await;
-    s.wait_js(
-        "dana to see the reply",
-        BW,
-        &format!(
-            "{ROWS_JS} return rows.some(r => r.settled && r.line.endsWith(': welcome dana'));"
-        ),
-        json!([]),
-    )
-    .await;
-    // Blur the text box so the shots show the page at rest.
-    s.execute("document.activeElement.blur()", json!([])).await;
-
-    let dir = target_dir().join("screenshots");
-    std::fs::create_dir_all(&dir).unwrap();
-    let layout = r#"
-const vw = document.documentElement.clientWidth, vh = document.documentElement.clientHeight;
-const r = (id) => document.getElementById(id).getBoundingClientRect();
-const inside = (b) => b.left >= 0 && b.top >= 0 && b.right <= vw + 0.5 && b.bottom <= vh + 0.5 && b.width > 0 && b.height > 0;
-return {vw, vh, scrollW: document.documentElement.scrollWidth,
-        listScrollW: document.getElementById('messages').scrollWidth,
-        listW: document.getElementById('messages').clientWidth,
-        text: inside(r('text')), send: inside(r('send')), status: inside(r('status')),
-        logH: r('messages').height, sendH: r('send').height};
-"#;
-    for (file, w, h, mobile, dark) in [
-        ("chat-desktop.png", 1280, 800, false, false),
-        ("chat-phone.png", 375, 740, true, false),
-        ("chat-phone-dark.png", 375, 740, true, true),
-    ] {
-        s.cdp(
-            "Emulation.setDeviceMetricsOverride",
-            json!({"width": w, "height": h, "deviceScaleFactor": 1, "mobile": mobile}),
-        )
-        .await;
-        s.cdp(
-            "Emulation.setEmulatedMedia",
-            json!({"features": [{"name": "prefers-color-scheme", "value": if dark { "dark" } else { "light" }}]}),
-        )
-        .await;
-        let v = s
-            .wait_js(&format!("the {w}x{h} layout"), BW, layout, json!([]))
-            .await;
-        assert_eq!(v["vw"], w, "viewport width emulated");
-        assert!(
-            v["scrollW"].as_u64() <= v["vw"].as_u64(),
-            "{file}: nothing overflows sideways: {v}"
-        );
-        assert!(
-            v["listScrollW"].as_u64() <= v["listW"].as_u64(),
-            "{file}: long words wrap inside the log: {v}"
-        );
-        assert_eq!(v["text"], true, "{file}: message box on screen: {v}");
-        assert_eq!(v["send"], true, "{file}: send button on screen: {v}");
-        assert_eq!(v["status"], true, "{file}: connection state on screen: {v}");
-        assert!(
-            v["logH"].as_f64().unwrap() > h as f64 * 0.4,
-            "{file}: the log gets most of the height: {v}"
-        );
-        assert!(
-            v["sendH"].as_f64().unwrap() >= 40.0,
-            "{file}: the send button is a comfortable touch target: {v}"
-        );
-        let png = s.screenshot().await;
-        assert!(png.starts_with(b"\x89PNG"), "a PNG");
-        std::fs::write(dir.join(file), png).unwrap();
-    }
-    eprintln!("screenshots in {}", dir.display());
-    let foreign = s
-        .execute(
-            "return performance.getEntriesByType('resource').concat(performance.getEntriesByType('navigation'))
-               .map(e => e.name).filter(n => new URL(n).origin !== location.origin);",
-            json!([]),
-        )
-        .await;
-    assert_eq!(foreign, json!([]), "no request leaves for another host");
-    s.quit().await;
-    other.quit().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_new_messages_do_not_yank_a_reader_who_scrolled_up() {
     let Some((_p, wd)) = browser("browser_auto_scroll").await else {
         return;
@@ -971,29 +866,4 @@ async fn browser_new_messages_do_not_yank_a_reader_who_scrolled_up() {
     )
     .await;
     s.quit().await;
-}
-
-/// The bytes a first visit downloads: the page, its script, style and icon.
-#[tokio::test]
-async fn browser_first_load_is_small() {
-    let app = spawn_app().await;
-    let mut total = 0;
-    let mut parts = Vec::new();
-    for path in [
-        "/chat",
-        "/static/chat.js",
-        "/static/chat.css",
-        "/static/favicon.svg",
-    ] {
-        let res = app.get(path).await;
-        assert_eq!(res.status(), 200, "{path}");
-        let n = res.bytes().await.unwrap().len();
-        parts.push(format!("{path} {n}"));
-        total += n;
-    }
-    eprintln!("first load: {total} bytes ({})", parts.join(", "));
-    assert!(
-        total < 48 * 1024,
-        "first load should stay under 48 KiB uncompressed, is {total} ({parts:?})"
-    );
 }

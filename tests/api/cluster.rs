@@ -425,3 +425,89 @@ async fn a_long_poll_on_one_node_is_released_by_a_post_on_another() {
     assert_eq!(v["messages"][0]["text"], "second");
     assert_eq!(v["last_id"], second["id"]);
 }
+
+#[tokio::test]
+async fn the_welcome_page_lists_the_50_busiest_rooms_across_nodes() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let a = node(&redis, &[]);
+    let b = node(&redis, &[]);
+    let t = token();
+    for i in 0..80 {
+        assert_eq!(post(&a, &t, &format!("w{i:02}"), "x").await.status(), 201);
+    }
+    // Two people in an old room, one on each node: the page counts both
+    // (rooms crowded only on other nodes are listed once they are active).
+    let (_s1, _) = subscribe(&a, &format!("room=w03&client={}", token())).await;
+    let (_s2, _) = subscribe(&b, &format!("room=w03&client={}", token())).await;
+    let html = reqwest::get(b.url("/"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let rooms: Vec<&str> = html
+        .split("href=\"/chat?room=")
+        .skip(1)
+        .map(|s| s.split('"').next().unwrap())
+        .collect();
+    assert_eq!(rooms.len(), 50, "{rooms:?}");
+    assert_eq!(&rooms[..3], ["w03", "w79", "w78"], "crowded, then recent");
+    assert!(html.contains("2 online"), "counted cluster-wide");
+    // Counted at commit on the appending node, before the 201.
+    let metrics = reqwest::get(a.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::helpers::metric_value(&metrics, "ssechat_messages_total"),
+        80.0
+    );
+}
+
+#[tokio::test]
+async fn a_node_that_cannot_bind_leaves_nothing_behind() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let url = redis.url();
+    let mut config = crate::helpers::test_config(&["--redis", &url]);
+    config.port = port.parse().unwrap();
+    let err = match ssechat::startup::Application::build(config).await {
+        Ok(_) => panic!("the port is taken: the start must fail"),
+        Err(e) => e,
+    };
+    assert!(err.to_string().contains("cannot listen"), "{err}");
+    // The node had registered and subscribed; failing, it stopped what it
+    // started and left the cluster: no heartbeat entry and no subscriber.
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_connection_with_timeout(WAIT).unwrap();
+    let nodes: usize = redis::cmd("ZCARD")
+        .arg("ssechat:nodes")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(nodes, 0, "the node left the cluster");
+    // Redis notices the closed subscription when it reads its end: wait
+    // (bounded) for that.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let numsub: Vec<redis::Value> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("ssechat:events")
+            .query(&mut conn)
+            .unwrap();
+        if numsub.get(1) == Some(&redis::Value::Int(0)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "its subscriber stopped: {numsub:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

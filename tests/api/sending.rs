@@ -105,7 +105,7 @@ async fn browser_form_submit_gets_303_back_to_the_page() {
 async fn client_msg_id_makes_a_retry_harmless() {
     let app = spawn_app().await;
     let t = token();
-    let mut s = app.subscribe("i", &t, "me").await;
+    let mut s = app.subscribe("i", &t, "mine").await;
     let body = json!({"room":"i","text":"once","client_msg_id":"k-1"});
     let first = app.post_json(Some(&t), body.clone()).await;
     assert_eq!(first.status(), 201);

@@ -2,7 +2,8 @@
 -- it to the room's stream (trimmed to the history size), records the
 -- idempotency key, and publishes it, atomically, so the publish order is
 -- the id order on every node.
--- KEYS: seq, room stream, rooms set, idempotency hash of the sender.
+-- KEYS: seq, room stream, rooms by latest id (sorted set), idempotency
+--       hash of the sender.
 -- ARGV: room, name, text, ts, sender, client_msg_id ('' for none),
 --       history (0: untrimmed), idempotency TTL in seconds.
 -- Returns {1, id} for a new message, {0, "id room"} for a duplicate.
@@ -16,7 +17,7 @@ if ARGV[7] == '0' then
 else
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[7], id .. '-0', 'n', ARGV[2], 't', ARGV[3], 'ts', ARGV[4], 's', ARGV[5])
 end
-redis.call('SADD', KEYS[3], ARGV[1])
+redis.call('ZADD', KEYS[3], id, ARGV[1])
 if ARGV[6] ~= '' then
   redis.call('HSET', KEYS[4], ARGV[6], id .. ' ' .. ARGV[1])
   redis.call('EXPIRE', KEYS[4], ARGV[8])

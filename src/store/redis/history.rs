@@ -14,6 +14,8 @@ use crate::chat::types::{ClientId, DisplayName, EventId, RoomName};
 const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
 
 const APPEND: &str = include_str!("append.lua");
+/// Rooms scored by their newest id, kept by `append.lua`.
+const ROOMS: &str = "ssechat:active";
 
 pub struct RedisHistory {
     conn: Arc<Conn>,
@@ -41,7 +43,10 @@ impl RedisHistory {
                 Some(Message {
                     id: EventId(id),
                     room: room.clone(),
-                    name: DisplayName::parse(&get("n")?).ok()?,
+                    // Names were valid when stored; one the rules have
+                    // since refused must not lose the message.
+                    name: DisplayName::parse(&get("n")?)
+                        .unwrap_or_else(|_| DisplayName::parse("unknown").expect("valid")),
                     text: get("t")?,
                     ts: get("ts")?.parse().ok()?,
                     sender: ClientId::from_hex(&get("s")?),
@@ -63,7 +68,7 @@ impl History for RedisHistory {
                     .arg(4)
                     .arg("ssechat:seq")
                     .arg(format!("ssechat:room:{}", m.room))
-                    .arg("ssechat:rooms")
+                    .arg(ROOMS)
                     .arg(format!("ssechat:idem:{sender}"))
                     .arg(m.room.as_str())
                     .arg(m.name.as_str())
@@ -141,14 +146,16 @@ impl History for RedisHistory {
         Ok(self.latest(room, 1)?.pop().map(|m| m.id))
     }
 
-    fn rooms(&self) -> HistoryResult<Vec<RoomName>> {
-        let names: Vec<String> = self.conn.with_retry(|c| c.smembers("ssechat:rooms"))?;
-        let mut rooms: Vec<_> = names
+    fn rooms(&self, limit: usize) -> HistoryResult<Vec<RoomName>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let last = isize::try_from(limit - 1).unwrap_or(isize::MAX);
+        let names: Vec<String> = self.conn.with_retry(|c| c.zrevrange(ROOMS, 0, last))?;
+        Ok(names
             .iter()
             .filter_map(|n| RoomName::parse(n).ok())
-            .collect();
-        rooms.sort();
-        Ok(rooms)
+            .collect())
     }
 
     fn prune(&self, _keep: usize) -> HistoryResult<u64> {

@@ -21,7 +21,7 @@
 //!   and hands it to the chat's inbox; a node that loses its subscription
 //!   has the inbox catch up from the streams when it is back.
 //!
-//! Keys: `ssechat:seq`, `ssechat:rooms`, `ssechat:room:{room}` (stream),
+//! Keys: `ssechat:seq`, `ssechat:active` (rooms by newest id), `ssechat:room:{room}` (stream),
 //! `ssechat:idem:{sender}`, `ssechat:pc:{room}`, `ssechat:pn:{room}`,
 //! `ssechat:pt:{room}` (tally), `ssechat:pnode:{node}:{room}`, `ssechat:nrooms:{node}`, `ssechat:nodes`;
 //! channel `ssechat:events`.

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{now_ms, Conn};
 use crate::chat::cluster::Cluster;
+use crate::chat::cluster::{ClusterPresence, Joined, PRESENCE_GATHER};
 use crate::chat::history::HistoryResult;
-use crate::chat::hub::{ClusterPresence, Joined, PRESENCE_GATHER};
 use crate::chat::message::Tally;
 use crate::chat::types::{ClientId, DisplayName, RoomName};
 
@@ -114,6 +114,15 @@ impl Presence {
     pub fn online(&self, room: &RoomName) -> HistoryResult<usize> {
         self.conn
             .with_retry(|c| c.hlen(format!("ssechat:pc:{room}")))
+    }
+
+    /// The online counts of `rooms`, in one round trip.
+    pub fn online_many(&self, rooms: &[RoomName]) -> HistoryResult<Vec<usize>> {
+        let mut pipe = redis::pipe();
+        for room in rooms {
+            pipe.hlen(format!("ssechat:pc:{room}"));
+        }
+        self.conn.with_retry(|c| pipe.query(c))
     }
 
     /// Refreshes this node's heartbeat and reaps nodes whose heartbeat ran out.
@@ -299,6 +308,10 @@ impl Cluster for RedisCluster {
         self.presence.online(room).ok()
     }
 
+    fn online_many(&self, rooms: &[RoomName]) -> Option<Vec<usize>> {
+        self.presence.online_many(rooms).ok()
+    }
+
     fn online_names(&self, room: &RoomName, limit: usize) -> Option<(usize, Vec<DisplayName>)> {
         self.presence.online_names(room, limit).ok()
     }
@@ -309,5 +322,26 @@ impl Cluster for RedisCluster {
 
     fn depart(&self) {
         self.presence.reap_self();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A script that calls a helper the prepended functions do not define
+    /// fails only when Redis runs it: check every call has its definition.
+    #[test]
+    fn every_helper_a_script_calls_is_defined() {
+        for (name, script) in [("batch.lua", BATCH), ("reap.lua", REAP)] {
+            for helper in ["leave", "tally", "publish"] {
+                if script.contains(&format!("{helper}(")) {
+                    assert!(
+                        LEAVE_FN.contains(&format!("local function {helper}(")),
+                        "{name} calls {helper}(), which leave_fn.lua does not define"
+                    );
+                }
+            }
+        }
     }
 }

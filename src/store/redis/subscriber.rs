@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Conn, CHANNEL, IO_TIMEOUT};
 use crate::chat::cluster::Inbox;
-use crate::chat::hub::PresenceBatch;
+use crate::chat::cluster::PresenceBatch;
 use crate::chat::message::{Change, Message, PresenceKind, Tally};
 use crate::chat::types::{ClientId, DisplayName, EventId, RoomName};
 
