@@ -1,25 +1,94 @@
-//! The `ssechat` binary: parse flags, set up logging, serve until SIGINT or
-//! SIGTERM.
+//! The `ssechat` binary: the server (`ssechat` or `ssechat serve`: parse
+//! flags, set up logging, serve until SIGINT or SIGTERM) and its
+//! command-line client (`ssechat send`, `ssechat listen`: see [`cli`]).
 
 #![forbid(unsafe_code)]
 
-use clap::Parser;
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
 use ssechat::config::Config;
 use ssechat::startup::Application;
 
-#[tokio::main]
-async fn main() {
-    let config = Config::parse();
-    ssechat::telemetry::init();
-    let app = match Application::build(config).await {
-        Ok(app) => app,
-        Err(e) => {
-            tracing::error!("cannot start: {e}");
-            eprintln!("ssechat: cannot start: {e}");
-            std::process::exit(1);
-        }
+/// ssechat: a chat server (receive over Server-Sent Events, send with plain
+/// HTTP POST) and its command-line client.
+///
+/// Without a subcommand, or with `serve`, it runs the server with the
+/// options below. Every limit set to 0 is off.
+// The server's flags stay at the top level, so `ssechat --port 8080` works
+// as it always has.
+#[derive(Parser)]
+#[command(
+    version,
+    args_conflicts_with_subcommands = true,
+    args_override_self = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+
+    #[command(flatten)]
+    serve: Config,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the same as no subcommand).
+    Serve(Config),
+    /// Send messages to a room (from the arguments or standard input).
+    Send(cli::SendArgs),
+    /// Print a room's messages as they arrive.
+    Listen(cli::ListenArgs),
+}
+
+/// The client subcommands alone: parsed without the server's flags, whose
+/// environment variables (`HOST`, `PORT`, ...) are none of a client's
+/// business and must not make it fail.
+#[derive(Parser)]
+#[command(name = "ssechat", version)]
+struct ClientCli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn main() -> ExitCode {
+    let first = std::env::args_os().nth(1);
+    let command = if matches!(
+        first.as_ref().and_then(|a| a.to_str()),
+        Some("send" | "listen")
+    ) {
+        Some(ClientCli::parse().command)
+    } else {
+        let args = Cli::parse();
+        args.command.or(Some(Command::Serve(args.serve)))
     };
-    app.run_until(shutdown_signal()).await;
+    match command.expect("a command") {
+        Command::Serve(config) => serve(config),
+        Command::Send(a) => cli::send(a),
+        Command::Listen(a) => cli::listen(a),
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async {
+        ssechat::telemetry::init();
+        let app = match Application::build(config).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!("cannot start: {e}");
+                eprintln!("ssechat: cannot start: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        app.run_until(shutdown_signal()).await;
+        ExitCode::SUCCESS
+    })
 }
 
 async fn shutdown_signal() {

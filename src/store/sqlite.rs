@@ -272,7 +272,13 @@ fn row_to_message(
 impl History for SqliteStore {
     fn append(&self, batch: &[NewMessage], now_ms: i64) -> HistoryResult<Vec<Appended>> {
         let mut conn = self.writer();
-        let tx = conn.transaction().map_err(unavailable)?;
+        // IMMEDIATE: take the write lock first (waiting up to the busy
+        // timeout). A deferred transaction reads an idempotency key and then
+        // cannot upgrade to a write if pruning committed meanwhile: SQLite
+        // refuses at once, without waiting, and the POSTs got a 503.
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(unavailable)?;
         let mut out = Vec::with_capacity(batch.len());
         {
             let mut find_key = tx
@@ -470,6 +476,41 @@ mod tests {
             "ids keep increasing across restarts and pruning"
         );
         assert_eq!(store.after(&room, None, 10).unwrap().len(), 1);
+    }
+
+    /// Pruning commits on its own connection while the writer appends. A
+    /// batch that reads first (an idempotency key) and then writes must
+    /// wait for the lock, not fail: a deferred transaction cannot upgrade
+    /// to a write once another connection has committed (SQLITE_BUSY,
+    /// without waiting). Found by the soak: POSTs answered 503 while
+    /// history was pruned.
+    #[test]
+    fn appends_do_not_fail_while_pruning() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(SqliteStore::open_with(&dir.path().join("t.db"), Durability::Normal).unwrap());
+        let room = RoomName::lobby();
+        let stop = Arc::new(AtomicBool::new(false));
+        let pruner = {
+            let (store, stop) = (store.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    store.prune(1).expect("prune");
+                }
+            })
+        };
+        let mut failed = 0;
+        for i in 0..1000 {
+            let key = format!("k{i}");
+            if store.append(&[new_msg(&room, "x", Some(&key))], i).is_err() {
+                failed += 1;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        pruner.join().unwrap();
+        assert_eq!(failed, 0, "appends refused while pruning");
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod helpers;
 
 mod abuse;
 mod browser;
+mod cli;
 mod cluster;
 mod crowds;
 mod durability;
