@@ -121,14 +121,6 @@ fn render(t: &impl Template, headers: &HeaderMap) -> Result<Response, ApiError> 
     })
 }
 
-/// The request comes from a page of another site (a link or a form
-/// elsewhere): it may show our page, but changes nothing.
-fn cross_site(ctx: &Ctx) -> bool {
-    ctx.headers
-        .get("sec-fetch-site")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"cross-site"))
-}
-
 /// `HH:MM` (UTC) of a millisecond timestamp; the page's script shows local time.
 fn hh_mm(ts: i64) -> String {
     let minutes = ts.div_euclid(60_000).rem_euclid(24 * 60);
@@ -168,7 +160,8 @@ pub async fn chat(state: AppState, ctx: Ctx) -> Response {
         let viewer = who.token.id();
         // A bookmark (`/chat?room=R&name=N`) sets the name like any request
         // with the client's token; a link from another site does not.
-        let chosen = name.filter(|_| !cross_site(&ctx));
+        // A link on another site may show our page, but changes nothing.
+        let chosen = name.filter(|_| !identity::is_cross_site(&ctx.headers));
         let messages = state.chat.latest(&room, PAGE_MESSAGES).await?;
         let page = ChatPage {
             static_dir: assets::DIR,
