@@ -287,7 +287,7 @@ impl<G: Unpin> Stream for EventStream<G> {
 mod tests {
     use super::*;
     use crate::chat::hub::Hub;
-    use crate::chat::hub::PRESENCE_GATHER;
+    use crate::chat::presence::PRESENCE_GATHER;
     use crate::chat::message::Message;
     use crate::chat::types::{DisplayName, RoomName};
     use crate::sse::{Item, Parser};
