@@ -287,8 +287,8 @@ impl<G: Unpin> Stream for EventStream<G> {
 mod tests {
     use super::*;
     use crate::chat::hub::Hub;
-    use crate::chat::presence::PRESENCE_GATHER;
     use crate::chat::message::Message;
+    use crate::chat::presence::PRESENCE_GATHER;
     use crate::chat::types::{DisplayName, RoomName};
     use crate::sse::{Item, Parser};
     use futures_util::StreamExt;
