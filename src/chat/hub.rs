@@ -23,7 +23,6 @@ use tokio::sync::oneshot;
 
 use super::fanout;
 use super::message::{Change, Event, Message, MessageFrames, PresenceKind, Tally};
-pub use super::presence::PRESENCE_GATHER;
 use super::presence::{Board, RoomPresence, TypingLimiter};
 use super::types::{ClientId, DisplayName, RoomName};
 use crate::metrics::Metrics;

@@ -287,8 +287,8 @@ impl<G: Unpin> Stream for EventStream<G> {
 mod tests {
     use super::*;
     use crate::chat::hub::Hub;
-    use crate::chat::hub::PRESENCE_GATHER;
     use crate::chat::message::Message;
+    use crate::chat::presence::PRESENCE_GATHER;
     use crate::chat::types::{DisplayName, RoomName};
     use crate::sse::{Item, Parser};
     use futures_util::StreamExt;
@@ -425,6 +425,38 @@ mod tests {
             [("presence".into(), ">> 3 joined (4 online)".into())],
             "one write for the window"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crowd_arriving_in_a_big_room_wakes_its_streams_less_often() {
+        use crate::chat::presence::spacing;
+        let (hub, mut first, wakes, waker) = watched(64);
+        let mut cx = Context::from_waker(&waker);
+        assert!(drain(&mut first, &mut cx).is_empty());
+        // 3,000 streams are there (spacing: 0.3 s), then 200 more arrive,
+        // one every 10 ms, for 2 s.
+        let mut crowd: Vec<_> = (2..3_002).map(|c| stream_of(&hub, c)).collect();
+        tokio::time::sleep(spacing(3_000) + AFTER_WINDOW).await;
+        let _ = drain(&mut first, &mut cx);
+        let before = wakes.0.load(Ordering::SeqCst);
+        let mut got = Vec::new();
+        for c in 3_002..3_202 {
+            crowd.push(stream_of(&hub, c));
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            got.extend(drain(&mut first, &mut cx));
+        }
+        tokio::time::sleep(spacing(3_200) + AFTER_WINDOW).await;
+        got.extend(drain(&mut first, &mut cx));
+        let woken = wakes.0.load(Ordering::SeqCst) - before;
+        // 2 s at one window per 0.3 s: 7 or 8 windows (20 at 0.1 s).
+        assert!((6..=8).contains(&woken), "woken {woken} times");
+        assert_eq!(got.len(), woken, "one presence write per window");
+        let last = &got.last().unwrap().1;
+        assert!(
+            last.replace(',', "").ends_with("(3201 online)"),
+            "the last window tells the count: {last}"
+        );
+        assert_eq!(hub.metrics().subscribers_dropped_total.get(), 0);
     }
 
     #[tokio::test(start_paused = true)]
