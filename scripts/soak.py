@@ -356,6 +356,22 @@ async def sampler(pid, port, deadline, path, rows):
             await asyncio.sleep(SAMPLE_EVERY)
 
 
+def checkpoints(rows, seconds):
+    """RSS and open files at the start, every 10 minutes (every third of
+    a shorter run), and at the end."""
+    step = 600 if seconds >= 1200 else max(SAMPLE_EVERY, seconds / 3)
+    marks, t = [], 0.0
+    while t < rows[-1][0]:
+        marks.append(t)
+        t += step
+    marks.append(rows[-1][0])
+    parts = []
+    for m in marks:
+        r = min(rows, key=lambda r: abs(r[0] - m))
+        parts.append(f"{r[0]} s: {r[1] / 1024:.1f} MiB, {r[2]} files")
+    print("soak: RSS and open files at " + "; ".join(parts))
+
+
 def drift(rows, seconds):
     window = min(300, seconds / 3)
     first = [r for r in rows if r[0] <= window]
@@ -389,6 +405,7 @@ async def main():
             error(f"task failed: {t.exception()!r}")
     print("soak: " + ", ".join(f"{k}={v}" for k, v in stats.items()))
     if rows:
+        checkpoints(rows, seconds)
         drift(rows, seconds)
     print(f"soak: samples in {path}")
     print(f"soak: {len(errors)} errors")
