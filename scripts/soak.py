@@ -312,13 +312,15 @@ async def browser(port, deadline):
 
 
 def proc_sample(pid):
-    rss = 0
+    rss = threads = 0
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1])
+            elif line.startswith("Threads:"):
+                threads = int(line.split()[1])
     fds = len(os.listdir(f"/proc/{pid}/fd"))
-    return rss, fds
+    return rss, fds, threads
 
 
 async def metrics(port):
@@ -337,15 +339,15 @@ async def sampler(pid, port, deadline, path, rows):
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["t_s", "rss_kib", "open_fds", "sse_streams", "long_polls",
-                    "messages_total", "subscribers_dropped_total"])
+                    "messages_total", "subscribers_dropped_total", "threads"])
         while True:
             try:
-                rss, fds = proc_sample(pid)
+                rss, fds, threads = proc_sample(pid)
                 m = await metrics(port)
                 row = [round(time.monotonic() - start), rss, fds,
                        m.get("ssechat_sse_streams", ""), m.get("ssechat_long_polls", ""),
                        m.get("ssechat_messages_total", ""),
-                       m.get("ssechat_subscribers_dropped_total", "")]
+                       m.get("ssechat_subscribers_dropped_total", ""), threads]
                 w.writerow(row)
                 f.flush()
                 rows.append(row)
