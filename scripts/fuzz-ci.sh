@@ -12,6 +12,7 @@
 #   SSECHAT_FUZZ_SECONDS=60   per target
 #   SSECHAT_FUZZ_PARALLEL=2   targets run at once
 #   SSECHAT_FUZZ_TARGETS="request form sse store"
+#   SSECHAT_FUZZ_CODEGEN_UNITS=16
 # Needs cargo-fuzz (cargo install --locked cargo-fuzz). cargo-fuzz passes
 # nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain take them.
 set -euo pipefail
@@ -30,8 +31,14 @@ trap 'rm -rf "$scratch"' EXIT
 
 # -s none: the product forbids unsafe code, and without ASan the targets
 # run several times faster; -a: debug assertions and overflow checks on.
+# The build, not the run, is what costs in CI (every dependency of the
+# product, instrumented): 16 codegen units let both cores work inside the
+# big crates, and no debug info (a crash still names its functions; rebuild
+# with fuzz/Cargo.toml's `debug = 1` to get lines) saves code generation
+# and linking.
 start=$(date +%s)
-RUSTC_BOOTSTRAP=1 cargo fuzz build -s none -a
+CARGO_PROFILE_RELEASE_DEBUG=${CARGO_PROFILE_RELEASE_DEBUG:-0} RUSTC_BOOTSTRAP=1 \
+    cargo fuzz build -s none -a --codegen-units "${SSECHAT_FUZZ_CODEGEN_UNITS:-16}"
 echo "fuzz-ci.sh: built in $(($(date +%s) - start)) s" >&2
 bin_dir=fuzz/target/x86_64-unknown-linux-gnu/release
 
