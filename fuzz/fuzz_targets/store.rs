@@ -376,7 +376,9 @@ impl Model<'_> {
                     .collect();
                 // The most recently active first: by newest id.
                 let mut want: Vec<(EventId, String)> = (0..ROOMS)
-                    .filter_map(|r| Some((self.kept(r).last()?.id, self.room(r).as_str().to_owned())))
+                    .filter_map(|r| {
+                        Some((self.kept(r).last()?.id, self.room(r).as_str().to_owned()))
+                    })
                     .collect();
                 want.sort_by(|a, b| b.0.cmp(&a.0));
                 let want: Vec<String> = want.into_iter().map(|(_, r)| r).collect();

@@ -535,7 +535,11 @@ async fn idempotency_keys_expire_one_by_one_and_retries_are_recognised_on_any_no
         ids.push(res.json::<Value>().await.unwrap()["id"].clone());
     }
     let again = send(&b, "k2").await.unwrap();
-    assert_eq!(again.status(), 200, "a retry on another node is a duplicate");
+    assert_eq!(
+        again.status(),
+        200,
+        "a retry on another node is a duplicate"
+    );
     assert_eq!(again.json::<Value>().await.unwrap()["id"], ids[1]);
 
     let mut conn = redis::Client::open(redis.url())
@@ -549,7 +553,10 @@ async fn idempotency_keys_expire_one_by_one_and_retries_are_recognised_on_any_no
     assert_eq!(keys.len(), 3, "one key per client_msg_id: {keys:?}");
     for k in &keys {
         let ttl: i64 = redis::cmd("TTL").arg(k).query(&mut conn).unwrap();
-        assert!(ttl > 0 && ttl <= 24 * 3600, "{k} expires on its own (TTL {ttl})");
+        assert!(
+            ttl > 0 && ttl <= 24 * 3600,
+            "{k} expires on its own (TTL {ttl})"
+        );
     }
     assert_eq!(all_messages(&a.url(""), "idem").await.len(), 3);
 }
