@@ -48,7 +48,8 @@ SQLITE=${SQLITE:-1}
 SSECHAT="$BIN_DIR/ssechat"
 REFERENCE="$BIN_DIR/sse-reference"
 BENCH="$BIN_DIR/ssechat-bench"
-SSECHAT_FLAGS=(--post-rate 0 --max-streams 0 --max-streams-per-ip 0 --max-long-polls 0)
+SSECHAT_FLAGS=(--post-rate 0 --max-streams 0 --max-streams-per-ip 0 --max-long-polls 0
+    --max-connections-per-ip 0)
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
 log() { echo "bench.sh: $*" >&2; }
