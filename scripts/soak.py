@@ -366,7 +366,8 @@ def checkpoints(rows, seconds):
     while t < rows[-1][0]:
         marks.append(t)
         t += step
-    marks.append(rows[-1][0])
+    if rows[-1][0] - marks[-1] > SAMPLE_EVERY / 2:
+        marks.append(rows[-1][0])
     parts = []
     for m in marks:
         r = min(rows, key=lambda r: abs(r[0] - m))
