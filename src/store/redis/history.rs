@@ -14,6 +14,12 @@ use crate::chat::types::{ClientId, DisplayName, EventId, RoomName};
 const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
 
 const APPEND: &str = include_str!("append.lua");
+
+/// The Redis key remembering one `client_msg_id` of one sender (a fixed
+/// length hex id, so the two cannot run into each other).
+fn idempotency_key(sender: &str, client_msg_id: &str) -> String {
+    format!("ssechat:idem:{sender}:{client_msg_id}")
+}
 /// Rooms scored by their newest id, kept by `append.lua`.
 const ROOMS: &str = "ssechat:active";
 
@@ -63,19 +69,20 @@ impl History for RedisHistory {
             let mut pipe = redis::pipe();
             for m in batch {
                 let sender = m.sender.to_hex();
+                let key = m.client_msg_id.as_ref().map_or("", |k| k.as_str());
                 pipe.cmd("EVALSHA")
                     .arg(self.append.get_hash())
                     .arg(4)
                     .arg("ssechat:seq")
                     .arg(format!("ssechat:room:{}", m.room))
                     .arg(ROOMS)
-                    .arg(format!("ssechat:idem:{sender}"))
+                    .arg(idempotency_key(&sender, key))
                     .arg(m.room.as_str())
                     .arg(m.name.as_str())
                     .arg(m.text.as_str())
                     .arg(now_ms)
                     .arg(&sender)
-                    .arg(m.client_msg_id.as_ref().map_or("", |k| k.as_str()))
+                    .arg(key)
                     .arg(self.history)
                     .arg(IDEMPOTENCY_TTL_SECS);
             }
