@@ -382,14 +382,14 @@ mod tests {
     fn bucket_allows_the_burst_then_refuses() {
         let l = Limits::new(1.0, 3, 0, 0, 0);
         for _ in 0..3 {
-            assert!(l.check_post(ClientId(1), None).is_ok());
+            assert!(l.check_post(ClientId::test(1), None).is_ok());
         }
         assert_eq!(
-            l.check_post(ClientId(1), None),
+            l.check_post(ClientId::test(1), None),
             Err(Refused::Rate { retry_after: 1 })
         );
         assert!(
-            l.check_post(ClientId(2), None).is_ok(),
+            l.check_post(ClientId::test(2), None).is_ok(),
             "buckets are per client"
         );
     }
@@ -399,17 +399,17 @@ mod tests {
         let l = Limits::new(0.001, 5, 0, 0, 0);
         // Past the cap twice: two sweeps.
         for i in 0..(MAX_BUCKETS + MAX_BUCKETS / 2 + 1) as u128 {
-            let _ = l.check_post(ClientId(i), None);
+            let _ = l.check_post(ClientId::test(i), None);
             assert!(l.buckets().len() <= MAX_BUCKETS, "at {i}");
         }
-        assert!(l.check_post(ClientId(u128::MAX), None).is_ok());
+        assert!(l.check_post(ClientId::test(u128::MAX), None).is_ok());
     }
 
     #[test]
     fn zero_rate_is_off() {
         let l = Limits::new(0.0, 1, 0, 0, 0);
         for _ in 0..100 {
-            assert!(l.check_post(ClientId(1), None).is_ok());
+            assert!(l.check_post(ClientId::test(1), None).is_ok());
         }
     }
 
@@ -418,11 +418,11 @@ mod tests {
         let l = Limits::new(1.0, 2, 0, 0, 0);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let allowed = (0..100)
-            .filter(|i| l.check_post(ClientId(*i), Some(ip)).is_ok())
+            .filter(|i| l.check_post(ClientId::test(*i), Some(ip)).is_ok())
             .count();
         assert_eq!(allowed, 8, "burst 2 x IP_FACTOR 4, across many clients");
         assert!(l
-            .check_post(ClientId(500), Some("10.0.0.2".parse().unwrap()))
+            .check_post(ClientId::test(500), Some("10.0.0.2".parse().unwrap()))
             .is_ok());
     }
 
@@ -509,7 +509,7 @@ mod tests {
             .check_stream_open(Some("10.0.0.2".parse().unwrap()))
             .is_ok());
         assert!(
-            l.check_post(ClientId(1), Some(a)).is_ok(),
+            l.check_post(ClientId::test(1), Some(a)).is_ok(),
             "a bucket of its own"
         );
     }
@@ -525,7 +525,7 @@ mod tests {
         let off = Limits::new(1.0, 2, 0, 0, 0).with_stream_opens(Some(0.0), None);
         assert!((0..1000).all(|_| off.check_stream_open(Some(a)).is_ok()));
         let posts_off = Limits::new(0.0, 2, 0, 0, 0).with_stream_opens(Some(1.0), Some(3));
-        assert!((0..100).all(|i| posts_off.check_post(ClientId(i), Some(a)).is_ok()));
+        assert!((0..100).all(|i| posts_off.check_post(ClientId::test(i), Some(a)).is_ok()));
         let opened = (0..10)
             .filter(|_| posts_off.check_stream_open(Some(a)).is_ok())
             .count();

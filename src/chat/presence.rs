@@ -348,7 +348,7 @@ mod tests {
         Change {
             kind: PresenceKind::Join,
             name: DisplayName::parse(name).unwrap(),
-            about: ClientId(about),
+            about: ClientId::test(about),
         }
     }
 
@@ -444,29 +444,29 @@ mod tests {
     fn typing_skips_the_typist_and_keeps_only_the_last_few() {
         let board = Board::new(Tally::default(), 0);
         let mut w = Window::new(Tally::default());
-        w.typing(ClientId(1), &DisplayName::parse("alice").unwrap());
-        w.typing(ClientId(2), &DisplayName::parse("bob").unwrap());
+        w.typing(ClientId::test(1), &DisplayName::parse("alice").unwrap());
+        w.typing(ClientId::test(2), &DisplayName::parse("bob").unwrap());
         w.flush(&board, 2);
         assert!(
             !board.presence_after(Tally::default()),
             "typing is no presence"
         );
-        let (chunk, to) = board.typing_after(0, ClientId(1));
+        let (chunk, to) = board.typing_after(0, ClientId::test(1));
         assert_eq!(to, 2);
         assert_eq!(
             events(&chunk.unwrap()),
             [("typing".into(), r#"{"name":"bob"}"#.into())]
         );
-        let (none, _) = board.typing_after(1, ClientId(2));
+        let (none, _) = board.typing_after(1, ClientId::test(2));
         assert!(none.is_none(), "bob does not see his own");
         for i in 0..20 {
             w.typing(
-                ClientId(100 + i),
+                ClientId::test(100 + i),
                 &DisplayName::parse(&format!("t{i}")).unwrap(),
             );
         }
         w.flush(&board, 2);
-        let (chunk, to) = board.typing_after(2, ClientId(1));
+        let (chunk, to) = board.typing_after(2, ClientId::test(1));
         assert_eq!(events(&chunk.unwrap()).len(), TYPING_KEPT);
         assert_eq!(to, 2 + TYPING_KEPT as u64);
     }
@@ -476,20 +476,27 @@ mod tests {
         let mut l = TypingLimiter::default();
         let t0 = Instant::now();
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
-        assert_eq!(l.check(ClientId(1), Some(ip), t0), Ok(()));
+        assert_eq!(l.check(ClientId::test(1), Some(ip), t0), Ok(()));
         assert_eq!(
-            l.check(ClientId(1), Some(ip), t0 + Duration::from_millis(500)),
+            l.check(ClientId::test(1), Some(ip), t0 + Duration::from_millis(500)),
             Err(1)
         );
-        assert_eq!(l.check(ClientId(1), Some(ip), t0 + TYPING_EVERY), Ok(()));
+        assert_eq!(
+            l.check(ClientId::test(1), Some(ip), t0 + TYPING_EVERY),
+            Ok(())
+        );
         let t1 = t0 + TYPING_EVERY;
         for c in 2..=TYPING_PER_IP as u128 {
-            assert_eq!(l.check(ClientId(c), Some(ip), t1), Ok(()), "client {c}");
+            assert_eq!(
+                l.check(ClientId::test(c), Some(ip), t1),
+                Ok(()),
+                "client {c}"
+            );
         }
         assert!(
-            l.check(ClientId(999), Some(ip), t1).is_err(),
+            l.check(ClientId::test(999), Some(ip), t1).is_err(),
             "the address is spent"
         );
-        assert_eq!(l.check(ClientId(999), None, t1), Ok(()));
+        assert_eq!(l.check(ClientId::test(999), None, t1), Ok(()));
     }
 }

@@ -306,12 +306,12 @@ mod tests {
 
     fn msg(id: u64, sender: u128) -> Message {
         Message {
-            id: EventId(id),
+            id: EventId::assigned(id),
             room: RoomName::lobby(),
             name: DisplayName::parse("n").unwrap(),
             text: format!("t{id}"),
             ts: 0,
-            sender: ClientId(sender),
+            sender: ClientId::test(sender),
         }
     }
 
@@ -321,13 +321,13 @@ mod tests {
         let (room, me) = (RoomName::lobby(), DisplayName::parse("myself").unwrap());
         // Someone is in the room, so it exists; the writer stages (and
         // answers the POST) before the wake-up.
-        let _other = hub.open_stream(&room, ClientId(9), &me).unwrap();
+        let _other = hub.open_stream(&room, ClientId::test(9), &me).unwrap();
         let staged = hub.stage(vec![msg(1, 2)]);
-        let sub = hub.open_stream(&room, ClientId(1), &me).unwrap();
+        let sub = hub.open_stream(&room, ClientId::test(1), &me).unwrap();
         let mut s = EventStream::new(
             sub,
             Vec::new(),
-            ClientId(1),
+            ClientId::test(1),
             Format::Text,
             None,
             1000,
@@ -352,14 +352,14 @@ mod tests {
         let sub = hub
             .open_stream(
                 &RoomName::lobby(),
-                ClientId(client),
+                ClientId::test(client),
                 &DisplayName::parse(&format!("c{client}")).unwrap(),
             )
             .unwrap();
         EventStream::new(
             sub,
             Vec::new(),
-            ClientId(client),
+            ClientId::test(client),
             Format::Text,
             None,
             1000,
@@ -400,10 +400,19 @@ mod tests {
     fn stream_as(hub: &Hub, client: u128, format: Format) -> EventStream<()> {
         let name = DisplayName::parse(&format!("c{client}")).unwrap();
         let sub = hub
-            .open_stream(&RoomName::lobby(), ClientId(client), &name)
+            .open_stream(&RoomName::lobby(), ClientId::test(client), &name)
             .unwrap();
         let m = hub.metrics().clone();
-        EventStream::new(sub, Vec::new(), ClientId(client), format, None, 1000, m, ())
+        EventStream::new(
+            sub,
+            Vec::new(),
+            ClientId::test(client),
+            format,
+            None,
+            1000,
+            m,
+            (),
+        )
     }
 
     const AFTER_WINDOW: std::time::Duration =
@@ -577,10 +586,10 @@ mod tests {
             let _ = drain(s, &mut cx);
         }
         let name = DisplayName::parse("c1").unwrap();
-        hub.typing(&RoomName::lobby(), ClientId(1), &name, None)
+        hub.typing(&RoomName::lobby(), ClientId::test(1), &name, None)
             .unwrap();
         assert!(
-            hub.typing(&RoomName::lobby(), ClientId(1), &name, None)
+            hub.typing(&RoomName::lobby(), ClientId::test(1), &name, None)
                 .is_err(),
             "one per 2 s"
         );
@@ -599,7 +608,7 @@ mod tests {
         let sub = hub
             .open_stream(
                 &RoomName::lobby(),
-                ClientId(1),
+                ClientId::test(1),
                 &DisplayName::parse("myself").unwrap(),
             )
             .unwrap();
@@ -607,9 +616,9 @@ mod tests {
         let mut s = EventStream::new(
             sub,
             Vec::new(),
-            ClientId(1),
+            ClientId::test(1),
             Format::Text,
-            Some(EventId(1)),
+            Some(EventId::assigned(1)),
             1000,
             hub.metrics().clone(),
             (),

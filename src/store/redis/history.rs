@@ -47,7 +47,7 @@ impl RedisHistory {
                 let id = e.id.split('-').next()?.parse().ok()?;
                 let get = |k: &str| -> Option<String> { e.get(k) };
                 Some(Message {
-                    id: EventId(id),
+                    id: EventId::assigned(id),
                     room: room.clone(),
                     // Names were valid when stored; one the rules have
                     // since refused must not lose the message.
@@ -99,7 +99,7 @@ impl History for RedisHistory {
         // An id that does not parse would be a bug in the script or a
         // foreign writer: refuse rather than hand out id 0.
         let id_of = |s: &str| {
-            s.parse().map(EventId).map_err(|_| {
+            s.parse().map(EventId::assigned).map_err(|_| {
                 HistoryError::Unavailable(format!(
                     "redis: unexpected id {s:?} from the append script"
                 ))
@@ -128,7 +128,7 @@ impl History for RedisHistory {
         after: Option<EventId>,
         limit: usize,
     ) -> HistoryResult<Vec<Message>> {
-        let start = format!("{}-0", after.map_or(0, |a| a.0.saturating_add(1)));
+        let start = format!("{}-0", after.map_or(0, |a| a.get().saturating_add(1)));
         let reply = self.conn.with_retry(|c| {
             c.xrange_count(
                 format!("ssechat:room:{room}"),
