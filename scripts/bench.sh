@@ -53,11 +53,11 @@ SSECHAT="$BIN_DIR/ssechat"
 REFERENCE="$BIN_DIR/sse-reference"
 BENCH="$BIN_DIR/ssechat-bench"
 TLSLOAD="$BIN_DIR/tls-load"
-# Scenario 8 serves HTTPS: flags for both servers, and ssechat's own.
+# Scenario 8 serves HTTPS: the flags of both servers, the health check's URL.
 TLS_FLAGS=()
-SSECHAT_TLS_FLAGS=()
 SCHEME=http
-SSECHAT_FLAGS=(--post-rate 0 --max-streams 0 --max-streams-per-ip 0 --max-long-polls 0)
+SSECHAT_FLAGS=(--post-rate 0 --max-streams 0 --max-streams-per-ip 0 --max-long-polls 0
+    --max-connections-per-ip 0)
 
 die() { echo "bench.sh: $*" >&2; exit 1; }
 log() { echo "bench.sh: $*" >&2; }
@@ -121,7 +121,7 @@ start_server() {
     PORT=$("$BENCH" --free-port) || die "no free port"
     case $kind in
         ssechat) "$SSECHAT" --port "$PORT" "${SSECHAT_FLAGS[@]}" --db "$db" \
-                     "${TLS_FLAGS[@]}" "${SSECHAT_TLS_FLAGS[@]}" >>"$WORK/server.log" 2>&1 &;;
+                     "${TLS_FLAGS[@]}" >>"$WORK/server.log" 2>&1 &;;
         reference) "$REFERENCE" --port "$PORT" "${TLS_FLAGS[@]}" >>"$WORK/server.log" 2>&1 &;;
         *) die "unknown server $kind";;
     esac
@@ -368,8 +368,6 @@ for s in $SCENARIOS; do
         # per subscriber, the posters on HTTP/1.1 connections of their own.
         "$TLSLOAD" --make-cert "$WORK/tls" || die "tls-load --make-cert failed"
         TLS_FLAGS=(--tls-cert "$WORK/tls/cert.pem" --tls-key "$WORK/tls/key.pem")
-        # All of tls-load's connections come from 127.0.0.1.
-        SSECHAT_TLS_FLAGS=(--max-connections-per-ip 0)
         SCHEME=https
         tls_run() { # FIGURE KIND ROUND TLS-LOAD-ARGS...: one run on the running server
             local figure=$1 kind=$2 round=$3 json
@@ -406,7 +404,6 @@ for s in $SCENARIOS; do
             done
         done
         TLS_FLAGS=()
-        SSECHAT_TLS_FLAGS=()
         SCHEME=http
         row "8 HTTPS/1.1 fan-out ${S8_SUBS}x${S8_MSGS}: CPU us/delivery" 8-fan-h1 ssechat reference .cpu_us_per_delivery 3
         row "8   HTTP/2 (TLS) fan-out: CPU us/delivery" 8-fan-h2 ssechat reference .cpu_us_per_delivery 3

@@ -11,37 +11,31 @@ pub mod cluster;
 pub(crate) mod fanout;
 pub mod history;
 pub(crate) mod hub;
+mod long_poll;
 pub mod message;
 pub mod presence;
 pub mod replay;
 mod rooms;
+mod stream;
 pub mod subscriber;
 pub mod types;
 mod writer;
 
 use std::sync::Arc;
-use std::time::Duration;
-
-use bytes::Bytes;
 
 use self::cluster::{Cluster, Inbox};
-use self::fanout::RecvError;
 use self::history::{History, HistoryError, NewMessage};
-use self::hub::{Hub, Subscription};
-use self::message::{messages_after, Event, Format, Message};
-use self::replay::{Fetch, Replay};
-use self::subscriber::EventStream;
+use self::hub::Hub;
+use self::message::Message;
 use self::types::{ClientId, DisplayName, EventId, RoomName};
 use self::writer::Writer;
 use crate::metrics::Metrics;
 
 pub use self::hub::TypingTooOften;
+pub use self::long_poll::{Newer, Waiting};
 pub use self::rooms::LISTED_ROOMS;
+pub use self::stream::OpenStream;
 pub use self::writer::Accepted;
-
-/// How long opening a stream waits for the cluster-wide online count before
-/// it says this node's.
-const CLUSTER_ONLINE_WAIT: Duration = Duration::from_secs(2);
 
 /// Why the chat could not do what was asked.
 #[derive(Debug, thiserror::Error)]
@@ -65,113 +59,6 @@ pub struct Chat {
     writer: Arc<Writer>,
     /// Set in cluster mode: presence, online counts and health come from it.
     cluster: Option<Arc<dyn Cluster>>,
-}
-
-/// A stream, opened: the client's name, how many are online, the first
-/// page of what it missed, and the live subscription its body reads.
-pub struct OpenStream {
-    pub name: DisplayName,
-    pub online: usize,
-    /// Where the stream resumes: the client's `since` / `Last-Event-ID`,
-    /// or the room's newest id if that was beyond it (a history reset or
-    /// restored: an id from the future must not hide what comes next).
-    pub since: Option<EventId>,
-    /// The first page of messages after `since`, oldest first; the body
-    /// reads the rest page by page.
-    first_page: Vec<Message>,
-    chat: Chat,
-    room: RoomName,
-    client: ClientId,
-    sub: Subscription,
-    metrics: Arc<Metrics>,
-}
-
-impl OpenStream {
-    /// The stream's body: `prelude`, the replay after `since`, then the
-    /// room's live events newer than what it sent. `guards` are dropped
-    /// with the stream.
-    pub fn into_body<G>(
-        self,
-        prelude: Vec<Bytes>,
-        format: Format,
-        retry_ms: u64,
-        guards: G,
-    ) -> EventStream<G> {
-        let OpenStream {
-            since,
-            first_page,
-            chat,
-            room,
-            client,
-            sub,
-            metrics,
-            ..
-        } = self;
-        let body = EventStream::new(
-            sub, prelude, client, format, since, retry_ms, metrics, guards,
-        );
-        if since.is_none() {
-            return body;
-        }
-        let fetch: Fetch = Box::new(move |after| {
-            let (chat, room) = (chat.clone(), room.clone());
-            tokio::spawn(async move { chat.after(&room, Some(after), replay::PAGE).await })
-        });
-        body.with_replay(Replay::new(first_page, fetch))
-    }
-}
-
-/// What a long-poll finds when it starts.
-pub enum Newer {
-    /// Messages are there already: answer at once.
-    Now(Vec<Message>),
-    /// Nothing yet: wait with [`Waiting::until`] (boxed: a subscription
-    /// is much larger than a list).
-    Later(Box<Waiting>),
-}
-
-/// A long-poll watching its room for messages newer than it has.
-pub struct Waiting {
-    chat: Chat,
-    room: RoomName,
-    since: Option<EventId>,
-    limit: usize,
-    sub: Subscription,
-}
-
-impl Waiting {
-    /// Waits until a message newer than `since` arrives, the deadline
-    /// passes, or the server shuts down; returns what is newer then (empty
-    /// on timeout or shutdown).
-    pub async fn until(
-        mut self,
-        deadline: tokio::time::Instant,
-    ) -> Result<Vec<Message>, ChatError> {
-        let woke = loop {
-            match tokio::time::timeout_at(deadline, self.sub.rx.recv()).await {
-                Err(_) => break false,
-                Ok(Ok(ev)) => match &*ev {
-                    // Messages the first read already covered (in a
-                    // cluster, a POST is answered before its fan-out
-                    // reaches every node).
-                    Event::Messages(list) if messages_after(list, self.since).is_empty() => {
-                        continue
-                    }
-                    Event::Messages(_) => break true,
-                    Event::Shutdown => break false,
-                    _ => continue,
-                },
-                // Fell behind: there is something new, surely.
-                Ok(Err(RecvError::Lagged(_))) => break true,
-                Ok(Err(RecvError::Closed)) => break false,
-            }
-        };
-        if woke {
-            self.chat.messages(&self.room, self.since, self.limit).await
-        } else {
-            Ok(Vec::new())
-        }
-    }
 }
 
 impl Chat {
@@ -280,60 +167,6 @@ impl Chat {
         self.hub.typing(room, client, name, ip)
     }
 
-    /// Opens a client's stream in `room`: counts it as present, subscribes
-    /// to the live events, then reads what it missed after `since` (so a
-    /// message stored meanwhile is in both, and the stream skips the ids
-    /// its replay sent).
-    pub async fn open_stream(
-        &self,
-        room: &RoomName,
-        client: ClientId,
-        name: &DisplayName,
-        since: Option<EventId>,
-    ) -> Result<OpenStream, ChatError> {
-        let mut sub = self
-            .hub
-            .open_stream(room, client, name)
-            .map_err(|_| ChatError::ShuttingDown)?;
-        // Cluster mode: the hello waits for the cluster to count the join
-        // (within a gathering window); the stream then hears of every
-        // change after it, and not of its own join.
-        let online = match sub.cluster_online.take() {
-            Some(rx) => match tokio::time::timeout(CLUSTER_ONLINE_WAIT, rx).await {
-                Ok(Ok(joined)) => {
-                    sub.seen = joined.tally;
-                    joined.online
-                }
-                _ => sub.online,
-            },
-            None if self.cluster.is_some() => self.online(room).await,
-            None => sub.online,
-        };
-        let (first_page, since) = match since {
-            Some(after) => {
-                let page = self.after(room, Some(after), replay::PAGE).await?;
-                let since = if page.is_empty() {
-                    self.clamped(room, after).await?
-                } else {
-                    Some(after)
-                };
-                (page, since)
-            }
-            None => (Vec::new(), None),
-        };
-        Ok(OpenStream {
-            name: name.clone(),
-            online,
-            since,
-            first_page,
-            chat: self.clone(),
-            room: room.clone(),
-            client,
-            sub,
-            metrics: self.hub.metrics().clone(),
-        })
-    }
-
     /// `since`, or the room's newest id if `since` is beyond it (none if
     /// the room has no message): after a history reset or a restored
     /// backup, a client's id may be from the future, and what is newer
@@ -363,34 +196,6 @@ impl Chat {
             Some(after) => self.after(room, Some(after), limit).await,
             None => self.latest(room, limit).await,
         }
-    }
-
-    /// The start of a long-poll: watches the room, then reads (so a
-    /// message stored in between wakes the wait).
-    pub async fn newer(
-        &self,
-        room: &RoomName,
-        since: Option<EventId>,
-        limit: usize,
-    ) -> Result<Newer, ChatError> {
-        let sub = self.hub.watch(room).map_err(|_| ChatError::ShuttingDown)?;
-        let found = self.messages(room, since, limit).await?;
-        if !found.is_empty() {
-            return Ok(Newer::Now(found));
-        }
-        // Wait for what is newer than the room has, even if the client's
-        // id is from the future.
-        let since = match since {
-            Some(after) => self.clamped(room, after).await?,
-            None => None,
-        };
-        Ok(Newer::Later(Box::new(Waiting {
-            chat: self.clone(),
-            room: room.clone(),
-            since,
-            limit,
-            sub,
-        })))
     }
 
     /// Stores and broadcasts a message; returns once it is stored.
@@ -469,16 +274,16 @@ impl Chat {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
+    //! Fixtures for the chat's unit tests: a list as history, a chat on it.
     use super::history::{Appended, HistoryResult};
     use super::types::MessageText;
     use super::*;
     use std::sync::Mutex;
-    use tokio::time::Instant;
 
     /// The least history that works: one list, ids from 1.
     #[derive(Default)]
-    struct ListHistory(Mutex<Vec<Message>>);
+    pub(super) struct ListHistory(Mutex<Vec<Message>>);
 
     impl History for ListHistory {
         fn append(&self, batch: &[NewMessage], now_ms: i64) -> HistoryResult<Vec<Appended>> {
@@ -524,11 +329,11 @@ mod tests {
         }
     }
 
-    fn chat() -> Chat {
+    pub(super) fn chat() -> Chat {
         Chat::new(Arc::new(ListHistory::default()), 16, Arc::default()).unwrap()
     }
 
-    fn msg(text: &str) -> NewMessage {
+    pub(super) fn msg(text: &str) -> NewMessage {
         NewMessage {
             room: RoomName::lobby(),
             name: DisplayName::parse("n").unwrap(),
@@ -538,112 +343,7 @@ mod tests {
         }
     }
 
-    fn texts(list: &[Message]) -> Vec<&str> {
+    pub(super) fn texts(list: &[Message]) -> Vec<&str> {
         list.iter().map(|m| m.text.as_str()).collect()
-    }
-
-    async fn waiting(chat: &Chat, since: Option<EventId>) -> Waiting {
-        match chat.newer(&RoomName::lobby(), since, 10).await.unwrap() {
-            Newer::Later(w) => *w,
-            Newer::Now(found) => panic!("expected nothing newer, found {found:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn a_long_poll_answers_at_once_when_there_is_something_newer() {
-        let chat = chat();
-        let first = chat.post(msg("a")).await.unwrap();
-        chat.post(msg("b")).await.unwrap();
-        let Newer::Now(found) = chat
-            .newer(&RoomName::lobby(), Some(first.id), 10)
-            .await
-            .unwrap()
-        else {
-            panic!("b is newer");
-        };
-        assert_eq!(texts(&found), ["b"]);
-    }
-
-    #[tokio::test]
-    async fn a_long_poll_wakes_for_a_newer_message_and_reads_it() {
-        let chat = chat();
-        let first = chat.post(msg("a")).await.unwrap();
-        let w = waiting(&chat, Some(first.id)).await;
-        let poster = chat.clone();
-        tokio::spawn(async move { poster.post(msg("b")).await.unwrap() });
-        let got = w
-            .until(Instant::now() + Duration::from_secs(10))
-            .await
-            .unwrap();
-        assert_eq!(texts(&got), ["b"]);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_long_poll_ignores_what_it_has_and_times_out_empty() {
-        let chat = chat();
-        let first = chat.post(msg("a")).await.unwrap();
-        let w = waiting(&chat, Some(first.id)).await;
-        // The late fan-out of the message the poll already has.
-        let again = chat.latest(&RoomName::lobby(), 1).await.unwrap();
-        chat.inbox().messages(again);
-        let started = Instant::now();
-        let got = w.until(started + Duration::from_secs(5)).await.unwrap();
-        assert!(got.is_empty());
-        assert_eq!(started.elapsed(), Duration::from_secs(5), "waited it out");
-    }
-
-    #[tokio::test]
-    async fn shutdown_ends_a_long_poll_empty_and_refuses_new_work() {
-        let chat = chat();
-        let first = chat.post(msg("a")).await.unwrap();
-        let w = waiting(&chat, Some(first.id)).await;
-        chat.shutdown();
-        let got = w
-            .until(Instant::now() + Duration::from_secs(30))
-            .await
-            .unwrap();
-        assert!(got.is_empty());
-        assert!(matches!(
-            chat.post(msg("late")).await,
-            Err(ChatError::ShuttingDown)
-        ));
-        assert!(matches!(
-            chat.newer(&RoomName::lobby(), None, 1).await,
-            Err(ChatError::ShuttingDown)
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_stream_replays_after_since_then_gets_live_messages() {
-        let chat = chat();
-        let first = chat.post(msg("a")).await.unwrap();
-        chat.post(msg("b")).await.unwrap();
-        let name = chat.name_for(ClientId(2), Some(&DisplayName::parse("mine").unwrap()));
-        let stream = chat
-            .open_stream(&RoomName::lobby(), ClientId(2), &name, Some(first.id))
-            .await
-            .unwrap();
-        assert_eq!(texts(&stream.first_page), ["b"]);
-        assert_eq!(stream.online, 1);
-        assert_eq!(
-            chat.name_for(ClientId(2), None).as_str(),
-            "mine",
-            "remembered"
-        );
-        let mut body = stream.into_body(Vec::new(), Format::Text, 1000, ());
-        let wait = Duration::from_secs(10);
-        let replayed = tokio::time::timeout(wait, futures_util::StreamExt::next(&mut body))
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(&replayed[..], b"event: message\nid: 2\ndata: n: b\n\n");
-        chat.post(msg("c")).await.unwrap();
-        let chunk = tokio::time::timeout(wait, futures_util::StreamExt::next(&mut body))
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(&chunk[..], b"event: message\nid: 3\ndata: n: c\n\n");
     }
 }

@@ -56,10 +56,10 @@ pub(super) fn body_kind(headers: &HeaderMap) -> Result<BodyKind, ApiError> {
 
 /// Reads the body up to `limit` bytes (0 = no limit), whether or not it
 /// declares a `Content-Length`: a chunked body is cut off at the limit too.
-/// [`read_body`] within `--body-timeout`: the head came in time (hyper's
-/// timeout); the body must too, or a client could hold the connection
-/// for ever with a few bytes.
-pub(super) async fn read_body_in_time<S, B>(
+/// All of it must come within `--body-timeout` (`408`): the head came in
+/// time (hyper's timeout), and a client must not hold the connection for
+/// ever with a few bytes of body.
+pub(super) async fn read_body<S, B>(
     state: &AppState,
     headers: &HeaderMap,
     body: S,
@@ -69,7 +69,7 @@ where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    let body = read_body(headers, body, limit);
+    let body = read_all(headers, body, limit);
     match state.config.body_timeout {
         0 => body.await,
         secs => tokio::time::timeout(Duration::from_secs(secs), body)
@@ -78,15 +78,11 @@ where
     }
 }
 
-pub(super) async fn read_body<S, B>(
+async fn read_all<S: Stream<Item = Result<B, warp::Error>> + Unpin, B: Buf>(
     headers: &HeaderMap,
-    body: S,
+    mut body: S,
     limit: usize,
-) -> Result<Bytes, ApiError>
-where
-    S: Stream<Item = Result<B, warp::Error>> + Unpin,
-    B: Buf,
-{
+) -> Result<Bytes, ApiError> {
     if limit > 0 {
         let declared = headers
             .get(header::CONTENT_LENGTH)
@@ -96,7 +92,6 @@ where
             return Err(ApiError::PayloadTooLarge(limit));
         }
     }
-    let mut body = body;
     let mut buf = Vec::new();
     while let Some(chunk) = body.next().await {
         let mut chunk =
@@ -236,7 +231,7 @@ where
     let kind = body_kind(&ctx.headers)?;
     // The head came in time (hyper's timeout); the body must too, or a
     // client could hold the connection for ever with a few bytes.
-    let body = read_body_in_time(state, &ctx.headers, body, state.config.max_body_bytes).await?;
+    let body = read_body(state, &ctx.headers, body, state.config.max_body_bytes).await?;
     let mut query = Fields::parse(ctx.query.as_bytes())?;
     let f = parse_fields(kind, &body, &mut query)?;
     let text = f

@@ -13,7 +13,7 @@ use warp::reply::Response;
 
 use super::error::ApiError;
 use super::form::Fields;
-use super::messages::{body_kind, check_origin, read_body_in_time, BodyKind};
+use super::messages::{body_kind, check_origin, read_body, BodyKind};
 use super::{identity, AppState, Ctx};
 use crate::chat::types::{DisplayName, RoomName};
 
@@ -52,7 +52,7 @@ where
     }
     check_origin(&ctx.headers)?;
     let kind = body_kind(&ctx.headers)?;
-    let body = read_body_in_time(state, &ctx.headers, body, MAX_BODY).await?;
+    let body = read_body(state, &ctx.headers, body, MAX_BODY).await?;
     let f = match kind {
         BodyKind::Form => {
             let mut f = Fields::parse(&body)?;
