@@ -347,7 +347,7 @@ for s in $SCENARIOS; do
         row "6   subscribers dropped by the server" 6 ssechat reference '.disconnected + .connect_failed' 0
         row "6   watcher cut off (runs)" 6 ssechat reference 'if .watcher_cut_off then 1 else 0 end' 0
         row "6   watcher presence events, join storm" 6 ssechat "" .watcher_presence_join 0
-        row "6   ... per 100 ms window of the storm" 6 ssechat "" '.watcher_presence_join / ([.connect_s * 10, 1] | max)' 2
+        row "6   ... per 100 ms of the storm" 6 ssechat "" '.watcher_presence_join / ([.connect_s * 10, 1] | max)' 2
         row "6   watcher presence events, leave storm" 6 ssechat "" .watcher_presence_leave 0
         row "6   all left -> watcher told it is alone, s" 6 ssechat "" .leave_s 2
         row "6   RSS KiB/conn, all in one room" 6 ssechat reference .rss_kib_per_conn 2

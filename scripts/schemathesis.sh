@@ -14,7 +14,9 @@
 #   ST_MAX_TIME=100       time budget of the schemathesis run, seconds
 #   ST_SEED=N             reproduce a run
 #   ST_ARGS="..."         extra arguments for `st run`
-# Needs schemathesis (python3 -m pip install schemathesis). The server runs on a free loopback
+#   PYTHON=python3        the Python that has schemathesis (e.g. a venv's)
+# Needs schemathesis (`python3 -m pip install schemathesis`, in a venv on a
+# Debian python: .ci/run does that). The server runs on a free loopback
 # port with a fresh SQLite file in a temp dir; both go when the script ends.
 #
 # What is bounded and why:
@@ -28,10 +30,12 @@ cd "$(dirname "$0")/.."
 MAX_EXAMPLES=${ST_MAX_EXAMPLES:-60}
 MAX_TIME=${ST_MAX_TIME:-100}
 
+PY=${PYTHON:-python3}
+
 die() { echo "schemathesis.sh: $*" >&2; exit 1; }
-command -v python3 >/dev/null || die "needs python3"
-python3 -m schemathesis.cli --version >/dev/null 2>&1 ||
-    die "schemathesis is not installed (python3 -m pip install schemathesis)"
+command -v "$PY" >/dev/null || die "needs $PY"
+"$PY" -m schemathesis.cli --version >/dev/null 2>&1 ||
+    die "schemathesis is not installed for $PY (python3 -m pip install schemathesis)"
 
 if [ -n "${SSECHAT_BIN:-}" ]; then
     BIN=$SSECHAT_BIN
@@ -51,7 +55,7 @@ cleanup() {
 trap cleanup EXIT
 
 # The description as schemathesis sees it: long-poll waits capped.
-python3 - "$WORK/openapi.yaml" <<'EOF'
+"$PY" - "$WORK/openapi.yaml" <<'EOF'
 import sys, yaml
 spec = yaml.safe_load(open("docs/openapi.yaml"))
 for p in spec["paths"]["/chat/messages"]["get"]["parameters"]:
@@ -63,14 +67,14 @@ else:
 yaml.safe_dump(spec, open(sys.argv[1], "w"), sort_keys=False)
 EOF
 
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 # Posting is not rate-limited here, so that every valid message is stored
 # (the 429 answer itself is covered by tests/api).
 RUST_LOG=${RUST_LOG:-warn} "$BIN" --host 127.0.0.1 --port "$PORT" --db "$WORK/st.db" \
     --post-rate 0 >"$WORK/server.log" 2>&1 &
 SERVER=$!
 for _ in $(seq 100); do
-    if python3 -c "import socket; socket.create_connection(('127.0.0.1',$PORT),0.2)" 2>/dev/null; then
+    if "$PY" -c "import socket; socket.create_connection(('127.0.0.1',$PORT),0.2)" 2>/dev/null; then
         break
     fi
     kill -0 "$SERVER" 2>/dev/null || die "the server exited at start: $(tail -5 "$WORK/server.log")"
@@ -82,7 +86,7 @@ status=0
 # shellcheck disable=SC2086
 # Run from the temp dir: schemathesis keeps its example database in the
 # working directory.
-(cd "$WORK" && timeout --signal=INT $((MAX_TIME + 150)) python3 -m schemathesis.cli run "$WORK/openapi.yaml" \
+(cd "$WORK" && timeout --signal=INT $((MAX_TIME + 150)) "$PY" -m schemathesis.cli run "$WORK/openapi.yaml" \
     --url "http://127.0.0.1:$PORT" \
     --exclude-operation-id events \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance,positive_data_acceptance \

@@ -312,13 +312,15 @@ async def browser(port, deadline):
 
 
 def proc_sample(pid):
-    rss = 0
+    rss = threads = 0
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 rss = int(line.split()[1])
+            elif line.startswith("Threads:"):
+                threads = int(line.split()[1])
     fds = len(os.listdir(f"/proc/{pid}/fd"))
-    return rss, fds
+    return rss, fds, threads
 
 
 async def metrics(port):
@@ -337,15 +339,15 @@ async def sampler(pid, port, deadline, path, rows):
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["t_s", "rss_kib", "open_fds", "sse_streams", "long_polls",
-                    "messages_total", "subscribers_dropped_total"])
+                    "messages_total", "subscribers_dropped_total", "threads"])
         while True:
             try:
-                rss, fds = proc_sample(pid)
+                rss, fds, threads = proc_sample(pid)
                 m = await metrics(port)
                 row = [round(time.monotonic() - start), rss, fds,
                        m.get("ssechat_sse_streams", ""), m.get("ssechat_long_polls", ""),
                        m.get("ssechat_messages_total", ""),
-                       m.get("ssechat_subscribers_dropped_total", "")]
+                       m.get("ssechat_subscribers_dropped_total", ""), threads]
                 w.writerow(row)
                 f.flush()
                 rows.append(row)
@@ -354,6 +356,23 @@ async def sampler(pid, port, deadline, path, rows):
             if time.monotonic() + SAMPLE_EVERY > deadline + 1:
                 return
             await asyncio.sleep(SAMPLE_EVERY)
+
+
+def checkpoints(rows, seconds):
+    """RSS and open files at the start, every 10 minutes (every third of
+    a shorter run), and at the end."""
+    step = 600 if seconds >= 1200 else max(SAMPLE_EVERY, seconds / 3)
+    marks, t = [], 0.0
+    while t < rows[-1][0]:
+        marks.append(t)
+        t += step
+    if rows[-1][0] - marks[-1] > SAMPLE_EVERY / 2:
+        marks.append(rows[-1][0])
+    parts = []
+    for m in marks:
+        r = min(rows, key=lambda r: abs(r[0] - m))
+        parts.append(f"{r[0]} s: {r[1] / 1024:.1f} MiB, {r[2]} files")
+    print("soak: RSS and open files at " + "; ".join(parts))
 
 
 def drift(rows, seconds):
@@ -389,6 +408,7 @@ async def main():
             error(f"task failed: {t.exception()!r}")
     print("soak: " + ", ".join(f"{k}={v}" for k, v in stats.items()))
     if rows:
+        checkpoints(rows, seconds)
         drift(rows, seconds)
     print(f"soak: samples in {path}")
     print(f"soak: {len(errors)} errors")

@@ -12,6 +12,9 @@
 #   SSECHAT_BIN=PATH        the server binary (default target/release/ssechat)
 #   SOAK_OUT=DIR            where the CSV and the server log go (default: a temp dir, kept)
 #   SOAK_DB=:memory:        history store (default: a SQLite file in SOAK_OUT)
+#   SOAK_ARGS="..."         more server flags (e.g. "--history 100")
+# The server inherits the environment, so e.g. MALLOC_ARENA_MAX=2
+# scripts/soak.sh runs it with two glibc malloc arenas.
 # The load itself (readers, posters, long-pollers, non-readers) is described
 # in scripts/soak.py. Clients bind to 127.0.0.2-127.0.0.9.
 set -euo pipefail
@@ -33,7 +36,9 @@ fi
 
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 # Default limits: the soak is the product as shipped.
-RUST_LOG=${RUST_LOG:-warn} "$BIN" --host 127.0.0.1 --port "$PORT" --db "$DB" >"$OUT/server.log" 2>&1 &
+# shellcheck disable=SC2086
+RUST_LOG=${RUST_LOG:-warn} "$BIN" --host 127.0.0.1 --port "$PORT" --db "$DB" ${SOAK_ARGS:-} \
+    >"$OUT/server.log" 2>&1 &
 SERVER=$!
 cleanup() { kill "$SERVER" 2>/dev/null || true; }
 trap cleanup EXIT

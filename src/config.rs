@@ -83,6 +83,19 @@ pub struct Config {
     #[arg(long, env = "SSECHAT_MAX_STREAMS_PER_IP", default_value_t = 256)]
     pub max_streams_per_ip: usize,
 
+    /// Streams one client address (IPv6: its /64) may open per second,
+    /// sustained (429 above; 0 is off). Default: 4x --post-rate (40).
+    /// Many people behind one NAT share an address: raise it for them.
+    /// Behind a reverse proxy, set --trusted-proxies instead, so each
+    /// client counts on its own.
+    #[arg(long, env = "SSECHAT_STREAM_OPEN_RATE")]
+    pub stream_open_rate: Option<f64>,
+
+    /// Streams one client address may open in a burst before the rate
+    /// applies. Default: 4x --post-burst (200).
+    #[arg(long, env = "SSECHAT_STREAM_OPEN_BURST")]
+    pub stream_open_burst: Option<u32>,
+
     /// Long-polls waiting at once (503 above).
     #[arg(long, env = "SSECHAT_MAX_LONG_POLLS", default_value_t = 5000)]
     pub max_long_polls: usize,

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 use crate::chat::types::ClientId;
 use crate::metrics::Metrics;
 
-/// Buckets kept before full (idle) ones are forgotten.
+/// Buckets kept before full (idle) ones are forgotten. If they are all in
+/// use (only a client with tens of thousands of addresses or tokens can do
+/// that), arbitrary ones are forgotten too, down to half: memory stays
+/// bounded, and the sweep, which visits every bucket, stays rare.
 const MAX_BUCKETS: usize = 50_000;
 
 /// History reads (`GET /chat/messages` without waiting) one address may
@@ -27,6 +30,9 @@ pub const READS_PER_IP: usize = 32;
 pub struct Limits {
     post_rate: f64,
     post_burst: f64,
+    /// Streams an address may open per second, and in a burst.
+    open_rate: f64,
+    open_burst: f64,
     max_streams: usize,
     max_streams_per_ip: usize,
     max_long_polls: usize,
@@ -70,11 +76,13 @@ enum Key {
     Opens(IpAddr),
 }
 
-impl Key {
-    fn factor(&self) -> f64 {
-        match self {
-            Key::Client(_) => 1.0,
-            Key::Ip(_) | Key::Opens(_) => IP_FACTOR,
+impl Limits {
+    /// A key's refill rate (tokens per second) and bucket size.
+    fn rate_and_burst(&self, key: &Key) -> (f64, f64) {
+        match key {
+            Key::Client(_) => (self.post_rate, self.post_burst),
+            Key::Ip(_) => (self.post_rate * IP_FACTOR, self.post_burst * IP_FACTOR),
+            Key::Opens(_) => (self.open_rate, self.open_burst),
         }
     }
 }
@@ -114,9 +122,12 @@ impl Limits {
         max_streams_per_ip: usize,
         max_long_polls: usize,
     ) -> Self {
+        let post_burst = f64::from(post_burst.max(1));
         Limits {
             post_rate,
-            post_burst: f64::from(post_burst.max(1)),
+            post_burst,
+            open_rate: post_rate * IP_FACTOR,
+            open_burst: post_burst * IP_FACTOR,
             max_streams,
             max_streams_per_ip,
             max_long_polls,
@@ -137,6 +148,19 @@ impl Limits {
         self
     }
 
+    /// The stream-opening rate and burst of an address (rate 0: off).
+    /// Either left `None` stays as big as the address's posting bucket
+    /// (`IP_FACTOR` times the per-client rate and burst).
+    pub fn with_stream_opens(mut self, rate: Option<f64>, burst: Option<u32>) -> Self {
+        if let Some(rate) = rate {
+            self.open_rate = rate;
+        }
+        if let Some(burst) = burst {
+            self.open_burst = f64::from(burst.max(1));
+        }
+        self
+    }
+
     fn buckets(&self) -> MutexGuard<'_, HashMap<Key, Bucket>> {
         self.buckets.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -152,9 +176,9 @@ impl Limits {
         ])
     }
 
-    /// Opening a stream costs a token from the address's own bucket, as big
-    /// as its posting bucket: reconnecting is cheap for a browser, but
-    /// every open reads history and counts a presence.
+    /// Opening a stream costs a token from the address's own bucket
+    /// (`--stream-open-rate`, `--stream-open-burst`): reconnecting is cheap
+    /// for a browser, but every open reads history and counts a presence.
     pub fn check_stream_open(&self, ip: Option<IpAddr>) -> Result<(), Refused> {
         self.take_tokens(&[ip.map(|ip| Key::Opens(address_key(ip)))])
             .map_err(|r| match r {
@@ -163,25 +187,30 @@ impl Limits {
             })
     }
 
+    /// Takes a token from each key's bucket, or none if one is short. A
+    /// key whose rate is 0 is not limited.
     fn take_tokens(&self, keys: &[Option<Key>]) -> Result<(), Refused> {
-        if self.post_rate <= 0.0 {
+        let limited = |k: &&Key| self.rate_and_burst(k).0 > 0.0;
+        if !keys.iter().flatten().any(|k| limited(&k)) {
             return Ok(());
         }
         let now = Instant::now();
         let mut buckets = self.buckets();
         if buckets.len() >= MAX_BUCKETS {
-            let (rate, burst) = (self.post_rate, self.post_burst);
+            // A full bucket is the same as none.
             buckets.retain(|k, b| {
-                let f = k.factor();
-                b.tokens + now.duration_since(b.at).as_secs_f64() * rate * f < burst * f
+                let (rate, burst) = self.rate_and_burst(k);
+                b.tokens + now.duration_since(b.at).as_secs_f64() * rate < burst
             });
+            let excess = buckets.len().saturating_sub(MAX_BUCKETS / 2);
+            let forget: Vec<Key> = buckets.keys().take(excess).copied().collect();
+            for k in forget {
+                buckets.remove(&k);
+            }
         }
         let mut wait: f64 = 0.0;
-        for key in keys.iter().flatten() {
-            let (rate, burst) = (
-                self.post_rate * key.factor(),
-                self.post_burst * key.factor(),
-            );
+        for key in keys.iter().flatten().filter(limited) {
+            let (rate, burst) = self.rate_and_burst(key);
             let b = buckets.entry(*key).or_insert(Bucket {
                 tokens: burst,
                 at: now,
@@ -197,7 +226,7 @@ impl Limits {
                 retry_after: wait.ceil().max(1.0) as u64,
             });
         }
-        for key in keys.iter().flatten() {
+        for key in keys.iter().flatten().filter(limited) {
             if let Some(b) = buckets.get_mut(key) {
                 b.tokens -= 1.0;
             }
@@ -353,23 +382,34 @@ mod tests {
     fn bucket_allows_the_burst_then_refuses() {
         let l = Limits::new(1.0, 3, 0, 0, 0);
         for _ in 0..3 {
-            assert!(l.check_post(ClientId(1), None).is_ok());
+            assert!(l.check_post(ClientId::test(1), None).is_ok());
         }
         assert_eq!(
-            l.check_post(ClientId(1), None),
+            l.check_post(ClientId::test(1), None),
             Err(Refused::Rate { retry_after: 1 })
         );
         assert!(
-            l.check_post(ClientId(2), None).is_ok(),
+            l.check_post(ClientId::test(2), None).is_ok(),
             "buckets are per client"
         );
+    }
+
+    #[test]
+    fn buckets_stay_bounded_when_every_one_is_in_use() {
+        let l = Limits::new(0.001, 5, 0, 0, 0);
+        // Past the cap twice: two sweeps.
+        for i in 0..(MAX_BUCKETS + MAX_BUCKETS / 2 + 1) as u128 {
+            let _ = l.check_post(ClientId::test(i), None);
+            assert!(l.buckets().len() <= MAX_BUCKETS, "at {i}");
+        }
+        assert!(l.check_post(ClientId::test(u128::MAX), None).is_ok());
     }
 
     #[test]
     fn zero_rate_is_off() {
         let l = Limits::new(0.0, 1, 0, 0, 0);
         for _ in 0..100 {
-            assert!(l.check_post(ClientId(1), None).is_ok());
+            assert!(l.check_post(ClientId::test(1), None).is_ok());
         }
     }
 
@@ -378,11 +418,11 @@ mod tests {
         let l = Limits::new(1.0, 2, 0, 0, 0);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let allowed = (0..100)
-            .filter(|i| l.check_post(ClientId(*i), Some(ip)).is_ok())
+            .filter(|i| l.check_post(ClientId::test(*i), Some(ip)).is_ok())
             .count();
         assert_eq!(allowed, 8, "burst 2 x IP_FACTOR 4, across many clients");
         assert!(l
-            .check_post(ClientId(500), Some("10.0.0.2".parse().unwrap()))
+            .check_post(ClientId::test(500), Some("10.0.0.2".parse().unwrap()))
             .is_ok());
     }
 
@@ -469,9 +509,27 @@ mod tests {
             .check_stream_open(Some("10.0.0.2".parse().unwrap()))
             .is_ok());
         assert!(
-            l.check_post(ClientId(1), Some(a)).is_ok(),
+            l.check_post(ClientId::test(1), Some(a)).is_ok(),
             "a bucket of its own"
         );
+    }
+
+    #[test]
+    fn the_stream_opening_rate_is_set_on_its_own() {
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let l = Limits::new(1.0, 2, 0, 0, 0).with_stream_opens(Some(1.0), Some(50));
+        let allowed = (0..100)
+            .filter(|_| l.check_stream_open(Some(a)).is_ok())
+            .count();
+        assert_eq!(allowed, 50, "its own burst, not the posting one");
+        let off = Limits::new(1.0, 2, 0, 0, 0).with_stream_opens(Some(0.0), None);
+        assert!((0..1000).all(|_| off.check_stream_open(Some(a)).is_ok()));
+        let posts_off = Limits::new(0.0, 2, 0, 0, 0).with_stream_opens(Some(1.0), Some(3));
+        assert!((0..100).all(|i| posts_off.check_post(ClientId::test(i), Some(a)).is_ok()));
+        let opened = (0..10)
+            .filter(|_| posts_off.check_stream_open(Some(a)).is_ok())
+            .count();
+        assert_eq!(opened, 3, "opening stays limited when posting is not");
     }
 
     #[test]

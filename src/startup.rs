@@ -98,7 +98,8 @@ impl Application {
                 config.max_streams_per_ip,
                 config.max_long_polls,
             )
-            .with_per_ip(config.max_long_polls_per_ip, config.max_connections_per_ip),
+            .with_per_ip(config.max_long_polls_per_ip, config.max_connections_per_ip)
+            .with_stream_opens(config.stream_open_rate, config.stream_open_burst),
         );
         Ok(Application {
             listener,

@@ -365,22 +365,30 @@ impl Model<'_> {
                 );
             }
             Op::Rooms => {
+                // Other inputs' rooms may share the SQLite file: ask for
+                // all, keep this input's (their order is kept).
                 let got: Vec<String> = s
-                    .rooms()
+                    .rooms(usize::MAX)
                     .expect("rooms")
                     .into_iter()
                     .map(|r| r.as_str().to_owned())
                     .filter(|r| r.starts_with(&self.ns))
                     .collect();
-                let mut want: Vec<String> = (0..ROOMS)
-                    .filter(|r| !self.kept(*r).is_empty())
-                    .map(|r| self.room(r).as_str().to_owned())
+                // The most recently active first: by newest id.
+                let mut want: Vec<(EventId, String)> = (0..ROOMS)
+                    .filter_map(|r| {
+                        Some((self.kept(r).last()?.id, self.room(r).as_str().to_owned()))
+                    })
                     .collect();
-                want.sort();
+                want.sort_by(|a, b| b.0.cmp(&a.0));
+                let want: Vec<String> = want.into_iter().map(|(_, r)| r).collect();
                 assert_eq!(got, want, "{}: rooms", self.name);
             }
             Op::Prune { keep } => {
-                let keep = usize::from(*keep % 8);
+                // The server prunes to --history, which is at least 1 when
+                // it prunes at all (SQLite's table of rooms remembers a room
+                // pruned to nothing; the memory store forgets it).
+                let keep = 1 + usize::from(*keep % 8);
                 s.prune(keep).expect("prune");
                 for list in self.rooms.values_mut() {
                     let mut live: Vec<&mut Kept> = list.iter_mut().filter(|k| !k.pruned).collect();

@@ -96,7 +96,7 @@ pub(crate) mod conformance {
             room: room.clone(),
             name: DisplayName::parse("n").unwrap(),
             text: MessageText::parse(text.to_owned(), 0).unwrap(),
-            sender: ClientId(1),
+            sender: ClientId::test(1),
             client_msg_id: key.map(|k| ClientMsgId::parse(k).unwrap()),
         }
     }

@@ -23,7 +23,6 @@ use tokio::sync::oneshot;
 
 use super::fanout;
 use super::message::{Change, Event, Message, MessageFrames, PresenceKind, Tally};
-pub use super::presence::PRESENCE_GATHER;
 use super::presence::{Board, RoomPresence, TypingLimiter};
 use super::types::{ClientId, DisplayName, RoomName};
 use crate::metrics::Metrics;
@@ -502,14 +501,20 @@ mod tests {
     fn presence_counts_distinct_clients_and_frees_rooms() {
         let hub = hub();
         let room = RoomName::lobby();
-        let a1 = hub.open_stream(&room, ClientId(1), &name("a")).unwrap();
+        let a1 = hub
+            .open_stream(&room, ClientId::test(1), &name("a"))
+            .unwrap();
         assert_eq!(a1.online, 1);
-        let a2 = hub.open_stream(&room, ClientId(1), &name("a")).unwrap();
+        let a2 = hub
+            .open_stream(&room, ClientId::test(1), &name("a"))
+            .unwrap();
         assert_eq!(
             a2.online, 1,
             "a second stream of one client is not a second person"
         );
-        let mut b = hub.open_stream(&room, ClientId(2), &name("b")).unwrap();
+        let mut b = hub
+            .open_stream(&room, ClientId::test(2), &name("b"))
+            .unwrap();
         assert_eq!(b.online, 2);
         drop(a1);
         assert_eq!(hub.online(&room), 2);
@@ -537,8 +542,12 @@ mod tests {
     fn a_stream_does_not_see_its_own_join() {
         let hub = hub();
         let room = RoomName::lobby();
-        let a = hub.open_stream(&room, ClientId(1), &name("a")).unwrap();
-        let b = hub.open_stream(&room, ClientId(2), &name("b")).unwrap();
+        let a = hub
+            .open_stream(&room, ClientId::test(1), &name("a"))
+            .unwrap();
+        let b = hub
+            .open_stream(&room, ClientId::test(2), &name("b"))
+            .unwrap();
         assert!(a.board.presence_after(a.seen), "a hears of b");
         assert!(
             !b.board.presence_after(b.seen),
@@ -553,7 +562,7 @@ mod tests {
         let _subs: Vec<_> = (0..50)
             .map(|i| {
                 let n = name(&format!("n{:02}", 49 - i));
-                hub.open_stream(&room, ClientId(i), &n).unwrap()
+                hub.open_stream(&room, ClientId::test(i), &n).unwrap()
             })
             .collect();
         let (online, names) = hub.online_names(&room, 5);
@@ -573,12 +582,12 @@ mod tests {
         let other = RoomName::parse("other").unwrap();
         let mut w = hub.watch(&other).unwrap();
         hub.publish(vec![Message {
-            id: EventId(1),
+            id: EventId::assigned(1),
             room: lobby,
             name: name("a"),
             text: "x".into(),
             ts: 0,
-            sender: ClientId(1),
+            sender: ClientId::test(1),
         }]);
         assert!(w.rx.try_recv().is_err());
     }
@@ -595,9 +604,12 @@ mod tests {
     #[test]
     fn names_default_to_guest_and_latest_wins() {
         let hub = hub();
-        assert!(hub.name_of(ClientId(5)).as_str().starts_with("guest-"));
-        hub.set_name(ClientId(5), &name("x"));
-        hub.set_name(ClientId(5), &name("y"));
-        assert_eq!(hub.name_of(ClientId(5)).as_str(), "y");
+        assert!(hub
+            .name_of(ClientId::test(5))
+            .as_str()
+            .starts_with("guest-"));
+        hub.set_name(ClientId::test(5), &name("x"));
+        hub.set_name(ClientId::test(5), &name("y"));
+        assert_eq!(hub.name_of(ClientId::test(5)).as_str(), "y");
     }
 }

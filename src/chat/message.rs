@@ -333,12 +333,12 @@ mod tests {
 
     fn sample(text: &str) -> Message {
         Message {
-            id: EventId(42),
+            id: EventId::assigned(42),
             room: RoomName::lobby(),
             name: DisplayName::parse("alice").unwrap(),
             text: text.to_owned(),
             ts: 1_700_000_000_000,
-            sender: ClientId(7),
+            sender: ClientId::test(7),
         }
     }
 
@@ -353,14 +353,14 @@ mod tests {
     fn json_frame_round_trips_any_text() {
         let text = "<b>hi</b>\r\n\n\r\"quoted\"\u{0}\u{2028}\t end";
         let frames = MessageFrames::new(sample(text));
-        let e = parse_one(frames.frame_for(Some(ClientId(7)), Format::Json));
+        let e = parse_one(frames.frame_for(Some(ClientId::test(7)), Format::Json));
         assert_eq!(e.event, "message");
         assert_eq!(e.last_event_id, "42");
         let v: serde_json::Value = serde_json::from_str(&e.data).unwrap();
         assert_eq!(v["text"], text);
         assert_eq!(v["me"], true);
         assert_eq!(v["id"], "42");
-        let other = parse_one(frames.frame_for(Some(ClientId(8)), Format::Json));
+        let other = parse_one(frames.frame_for(Some(ClientId::test(8)), Format::Json));
         let v: serde_json::Value = serde_json::from_str(&other.data).unwrap();
         assert_eq!(v["me"], false);
     }
@@ -368,7 +368,7 @@ mod tests {
     #[test]
     fn text_frames_say_me_or_the_name() {
         let frames = MessageFrames::new(sample("one\r\ntwo"));
-        let mine = parse_one(frames.frame_for(Some(ClientId(7)), Format::Text));
+        let mine = parse_one(frames.frame_for(Some(ClientId::test(7)), Format::Text));
         assert_eq!(mine.data, "me: one\ntwo");
         let theirs = parse_one(frames.frame_for(None, Format::Text));
         assert_eq!(theirs.data, "alice: one\ntwo");
@@ -378,7 +378,9 @@ mod tests {
     fn frames_are_shared_not_rebuilt() {
         let frames = MessageFrames::new(sample("x"));
         let a = frames.frame_for(None, Format::Text).as_ptr();
-        let b = frames.frame_for(Some(ClientId(9)), Format::Text).as_ptr();
+        let b = frames
+            .frame_for(Some(ClientId::test(9)), Format::Text)
+            .as_ptr();
         assert_eq!(a, b);
     }
 
@@ -386,7 +388,7 @@ mod tests {
         Change {
             kind,
             name: DisplayName::parse(name).unwrap(),
-            about: ClientId(about),
+            about: ClientId::test(about),
         }
     }
 

@@ -291,7 +291,7 @@ pub(crate) mod tests {
             Ok(batch
                 .iter()
                 .map(|m| {
-                    let stored = m.stored(EventId(list.len() as u64 + 1), now_ms);
+                    let stored = m.stored(EventId::assigned(list.len() as u64 + 1), now_ms);
                     list.push(stored.clone());
                     Appended::New(stored)
                 })
@@ -338,7 +338,7 @@ pub(crate) mod tests {
             room: RoomName::lobby(),
             name: DisplayName::parse("n").unwrap(),
             text: MessageText::parse(text.into(), 0).unwrap(),
-            sender: ClientId(1),
+            sender: ClientId::test(1),
             client_msg_id: None,
         }
     }

@@ -30,6 +30,23 @@ use super::types::{ClientId, DisplayName};
 /// a crowd of thousands arriving costs each stream ten writes a second.
 pub const PRESENCE_GATHER: Duration = Duration::from_millis(100);
 
+/// In a big room, windows are spaced by this much per stream of the room
+/// (beyond [`PRESENCE_GATHER`]): publishing a window wakes every stream for
+/// one write, so a room of n streams flushed every 0.1 s through a crowd's
+/// arrival costs n writes per window, n² over the storm, and a room of
+/// 10,000 then spends more CPU writing presence than the window lasts. With
+/// this spacing a room's presence costs at most 10,000 stream writes a
+/// second whatever its size: windows stay 0.1 s up to 1,000 streams, 1 s at
+/// 10,000. A lone change in a quiet room still goes out after
+/// [`PRESENCE_GATHER`]: the spacing is counted from the previous window.
+pub const SPACING_PER_STREAM: Duration = Duration::from_micros(100);
+
+/// The least time between two published windows of a room of `streams`.
+pub fn spacing(streams: usize) -> Duration {
+    let per = SPACING_PER_STREAM.saturating_mul(u32::try_from(streams).unwrap_or(u32::MAX));
+    PRESENCE_GATHER.max(per)
+}
+
 /// Typing notices a board keeps for streams that have not looked yet;
 /// older ones are simply not shown (they are stale by then anyway).
 const TYPING_KEPT: usize = 8;
@@ -180,6 +197,8 @@ pub struct Window {
     typing: Vec<(ClientId, Bytes)>,
     /// A flush is scheduled.
     pub timer: bool,
+    /// When the previous window was published.
+    flushed_at: Option<tokio::time::Instant>,
 }
 
 impl Window {
@@ -193,6 +212,17 @@ impl Window {
 
     pub fn is_empty(&self) -> bool {
         self.changes.is_empty() && self.typing.is_empty() && self.start == self.tally
+    }
+
+    /// When a window whose first change comes `now` is published, in a
+    /// room of `streams`: [`PRESENCE_GATHER`] later, and not before
+    /// [`spacing`] after the previous window.
+    pub fn due(&self, now: tokio::time::Instant, streams: usize) -> tokio::time::Instant {
+        let gathered = now + PRESENCE_GATHER;
+        match self.flushed_at {
+            Some(at) => gathered.max(at + spacing(streams)),
+            None => gathered,
+        }
     }
 
     pub fn change(&mut self, change: Change) {
@@ -241,6 +271,7 @@ impl Window {
         };
         board.publish(window, std::mem::take(&mut self.typing));
         self.start = self.tally;
+        self.flushed_at = Some(tokio::time::Instant::now());
     }
 }
 
@@ -317,7 +348,7 @@ mod tests {
         Change {
             kind: PresenceKind::Join,
             name: DisplayName::parse(name).unwrap(),
-            about: ClientId(about),
+            about: ClientId::test(about),
         }
     }
 
@@ -384,33 +415,58 @@ mod tests {
         assert_eq!(e[0], ("join".into(), r#"{"name":"g","online":7}"#.into()));
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn big_rooms_space_their_windows_and_a_lone_change_still_goes_out_soon() {
+        use tokio::time::{advance, Instant};
+        assert_eq!(spacing(0), PRESENCE_GATHER);
+        assert_eq!(spacing(1_000), PRESENCE_GATHER, "0.1 s up to 1,000 streams");
+        assert_eq!(spacing(10_000), Duration::from_secs(1));
+        let board = Board::new(Tally::default(), 0);
+        let mut w = Window::new(Tally::default());
+        let t0 = Instant::now();
+        assert_eq!(w.due(t0, 10_000), t0 + PRESENCE_GATHER, "no window yet");
+        w.change(join("a", 1));
+        w.flush(&board, 1);
+        // The next change right away: a small room gathers for 0.1 s, a
+        // room of 10,000 waits for a second after the last window.
+        assert_eq!(w.due(t0, 500), t0 + PRESENCE_GATHER);
+        assert_eq!(w.due(t0, 10_000), t0 + Duration::from_secs(1));
+        advance(Duration::from_millis(950)).await;
+        let t1 = Instant::now();
+        assert_eq!(w.due(t1, 10_000), t1 + PRESENCE_GATHER, "never less");
+        // After a quiet spell, a lone change goes out 0.1 s later.
+        advance(Duration::from_secs(5)).await;
+        let t2 = Instant::now();
+        assert_eq!(w.due(t2, 19_000), t2 + PRESENCE_GATHER);
+    }
+
     #[test]
     fn typing_skips_the_typist_and_keeps_only_the_last_few() {
         let board = Board::new(Tally::default(), 0);
         let mut w = Window::new(Tally::default());
-        w.typing(ClientId(1), &DisplayName::parse("alice").unwrap());
-        w.typing(ClientId(2), &DisplayName::parse("bob").unwrap());
+        w.typing(ClientId::test(1), &DisplayName::parse("alice").unwrap());
+        w.typing(ClientId::test(2), &DisplayName::parse("bob").unwrap());
         w.flush(&board, 2);
         assert!(
             !board.presence_after(Tally::default()),
             "typing is no presence"
         );
-        let (chunk, to) = board.typing_after(0, ClientId(1));
+        let (chunk, to) = board.typing_after(0, ClientId::test(1));
         assert_eq!(to, 2);
         assert_eq!(
             events(&chunk.unwrap()),
             [("typing".into(), r#"{"name":"bob"}"#.into())]
         );
-        let (none, _) = board.typing_after(1, ClientId(2));
+        let (none, _) = board.typing_after(1, ClientId::test(2));
         assert!(none.is_none(), "bob does not see his own");
         for i in 0..20 {
             w.typing(
-                ClientId(100 + i),
+                ClientId::test(100 + i),
                 &DisplayName::parse(&format!("t{i}")).unwrap(),
             );
         }
         w.flush(&board, 2);
-        let (chunk, to) = board.typing_after(2, ClientId(1));
+        let (chunk, to) = board.typing_after(2, ClientId::test(1));
         assert_eq!(events(&chunk.unwrap()).len(), TYPING_KEPT);
         assert_eq!(to, 2 + TYPING_KEPT as u64);
     }
@@ -420,20 +476,27 @@ mod tests {
         let mut l = TypingLimiter::default();
         let t0 = Instant::now();
         let ip: IpAddr = "127.0.0.9".parse().unwrap();
-        assert_eq!(l.check(ClientId(1), Some(ip), t0), Ok(()));
+        assert_eq!(l.check(ClientId::test(1), Some(ip), t0), Ok(()));
         assert_eq!(
-            l.check(ClientId(1), Some(ip), t0 + Duration::from_millis(500)),
+            l.check(ClientId::test(1), Some(ip), t0 + Duration::from_millis(500)),
             Err(1)
         );
-        assert_eq!(l.check(ClientId(1), Some(ip), t0 + TYPING_EVERY), Ok(()));
+        assert_eq!(
+            l.check(ClientId::test(1), Some(ip), t0 + TYPING_EVERY),
+            Ok(())
+        );
         let t1 = t0 + TYPING_EVERY;
         for c in 2..=TYPING_PER_IP as u128 {
-            assert_eq!(l.check(ClientId(c), Some(ip), t1), Ok(()), "client {c}");
+            assert_eq!(
+                l.check(ClientId::test(c), Some(ip), t1),
+                Ok(()),
+                "client {c}"
+            );
         }
         assert!(
-            l.check(ClientId(999), Some(ip), t1).is_err(),
+            l.check(ClientId::test(999), Some(ip), t1).is_err(),
             "the address is spent"
         );
-        assert_eq!(l.check(ClientId(999), None, t1), Ok(()));
+        assert_eq!(l.check(ClientId::test(999), None, t1), Ok(()));
     }
 }

@@ -148,12 +148,12 @@ mod tests {
 
     fn msg(id: u64, text: &str) -> Message {
         Message {
-            id: EventId(id),
+            id: EventId::assigned(id),
             room: RoomName::lobby(),
             name: DisplayName::parse("n").unwrap(),
             text: text.to_owned(),
             ts: 0,
-            sender: ClientId(1),
+            sender: ClientId::test(1),
         }
     }
 
@@ -189,13 +189,13 @@ mod tests {
     }
 
     async fn step(replay: &mut Replay, last: &mut Option<EventId>) -> Step {
-        std::future::poll_fn(|cx| replay.poll_step(cx, last, ClientId(2), Format::Json)).await
+        std::future::poll_fn(|cx| replay.poll_step(cx, last, ClientId::test(2), Format::Json)).await
     }
 
     #[tokio::test]
     async fn pages_are_read_only_as_they_are_taken_and_all_arrive_once() {
         let (mut replay, reads) = over(200, 10);
-        let mut last = Some(EventId(0));
+        let mut last = Some(EventId::assigned(0));
         let mut ids = Vec::new();
         let Step::Chunk(c) = step(&mut replay, &mut last).await else {
             panic!("the first page is there")
@@ -210,10 +210,14 @@ mod tests {
             }
         }
         assert_eq!(ids, (1..=200).collect::<Vec<_>>());
-        assert_eq!(last, Some(EventId(200)));
+        assert_eq!(last, Some(EventId::assigned(200)));
         assert_eq!(
             *reads.lock().unwrap(),
-            [EventId(64), EventId(128), EventId(192)],
+            [
+                EventId::assigned(64),
+                EventId::assigned(128),
+                EventId::assigned(192)
+            ],
             "one read per page, after what was sent"
         );
     }

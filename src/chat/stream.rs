@@ -139,15 +139,18 @@ mod tests {
         let chat = chat();
         let first = chat.post(msg("a")).await.unwrap();
         chat.post(msg("b")).await.unwrap();
-        let name = chat.name_for(ClientId(2), Some(&DisplayName::parse("mine").unwrap()));
+        let name = chat.name_for(
+            ClientId::test(2),
+            Some(&DisplayName::parse("mine").unwrap()),
+        );
         let stream = chat
-            .open_stream(&RoomName::lobby(), ClientId(2), &name, Some(first.id))
+            .open_stream(&RoomName::lobby(), ClientId::test(2), &name, Some(first.id))
             .await
             .unwrap();
         assert_eq!(texts(&stream.first_page), ["b"]);
         assert_eq!(stream.online, 1);
         assert_eq!(
-            chat.name_for(ClientId(2), None).as_str(),
+            chat.name_for(ClientId::test(2), None).as_str(),
             "mine",
             "remembered"
         );

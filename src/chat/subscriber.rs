@@ -287,8 +287,8 @@ impl<G: Unpin> Stream for EventStream<G> {
 mod tests {
     use super::*;
     use crate::chat::hub::Hub;
-    use crate::chat::hub::PRESENCE_GATHER;
     use crate::chat::message::Message;
+    use crate::chat::presence::PRESENCE_GATHER;
     use crate::chat::types::{DisplayName, RoomName};
     use crate::sse::{Item, Parser};
     use futures_util::StreamExt;
@@ -306,12 +306,12 @@ mod tests {
 
     fn msg(id: u64, sender: u128) -> Message {
         Message {
-            id: EventId(id),
+            id: EventId::assigned(id),
             room: RoomName::lobby(),
             name: DisplayName::parse("n").unwrap(),
             text: format!("t{id}"),
             ts: 0,
-            sender: ClientId(sender),
+            sender: ClientId::test(sender),
         }
     }
 
@@ -321,13 +321,13 @@ mod tests {
         let (room, me) = (RoomName::lobby(), DisplayName::parse("myself").unwrap());
         // Someone is in the room, so it exists; the writer stages (and
         // answers the POST) before the wake-up.
-        let _other = hub.open_stream(&room, ClientId(9), &me).unwrap();
+        let _other = hub.open_stream(&room, ClientId::test(9), &me).unwrap();
         let staged = hub.stage(vec![msg(1, 2)]);
-        let sub = hub.open_stream(&room, ClientId(1), &me).unwrap();
+        let sub = hub.open_stream(&room, ClientId::test(1), &me).unwrap();
         let mut s = EventStream::new(
             sub,
             Vec::new(),
-            ClientId(1),
+            ClientId::test(1),
             Format::Text,
             None,
             1000,
@@ -352,14 +352,14 @@ mod tests {
         let sub = hub
             .open_stream(
                 &RoomName::lobby(),
-                ClientId(client),
+                ClientId::test(client),
                 &DisplayName::parse(&format!("c{client}")).unwrap(),
             )
             .unwrap();
         EventStream::new(
             sub,
             Vec::new(),
-            ClientId(client),
+            ClientId::test(client),
             Format::Text,
             None,
             1000,
@@ -400,10 +400,19 @@ mod tests {
     fn stream_as(hub: &Hub, client: u128, format: Format) -> EventStream<()> {
         let name = DisplayName::parse(&format!("c{client}")).unwrap();
         let sub = hub
-            .open_stream(&RoomName::lobby(), ClientId(client), &name)
+            .open_stream(&RoomName::lobby(), ClientId::test(client), &name)
             .unwrap();
         let m = hub.metrics().clone();
-        EventStream::new(sub, Vec::new(), ClientId(client), format, None, 1000, m, ())
+        EventStream::new(
+            sub,
+            Vec::new(),
+            ClientId::test(client),
+            format,
+            None,
+            1000,
+            m,
+            (),
+        )
     }
 
     const AFTER_WINDOW: std::time::Duration =
@@ -425,6 +434,38 @@ mod tests {
             [("presence".into(), ">> 3 joined (4 online)".into())],
             "one write for the window"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crowd_arriving_in_a_big_room_wakes_its_streams_less_often() {
+        use crate::chat::presence::spacing;
+        let (hub, mut first, wakes, waker) = watched(64);
+        let mut cx = Context::from_waker(&waker);
+        assert!(drain(&mut first, &mut cx).is_empty());
+        // 3,000 streams are there (spacing: 0.3 s), then 200 more arrive,
+        // one every 10 ms, for 2 s.
+        let mut crowd: Vec<_> = (2..3_002).map(|c| stream_of(&hub, c)).collect();
+        tokio::time::sleep(spacing(3_000) + AFTER_WINDOW).await;
+        let _ = drain(&mut first, &mut cx);
+        let before = wakes.0.load(Ordering::SeqCst);
+        let mut got = Vec::new();
+        for c in 3_002..3_202 {
+            crowd.push(stream_of(&hub, c));
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            got.extend(drain(&mut first, &mut cx));
+        }
+        tokio::time::sleep(spacing(3_200) + AFTER_WINDOW).await;
+        got.extend(drain(&mut first, &mut cx));
+        let woken = wakes.0.load(Ordering::SeqCst) - before;
+        // 2 s at one window per 0.3 s: 7 or 8 windows (20 at 0.1 s).
+        assert!((6..=8).contains(&woken), "woken {woken} times");
+        assert_eq!(got.len(), woken, "one presence write per window");
+        let last = &got.last().unwrap().1;
+        assert!(
+            last.replace(',', "").ends_with("(3201 online)"),
+            "the last window tells the count: {last}"
+        );
+        assert_eq!(hub.metrics().subscribers_dropped_total.get(), 0);
     }
 
     #[tokio::test(start_paused = true)]
@@ -545,10 +586,10 @@ mod tests {
             let _ = drain(s, &mut cx);
         }
         let name = DisplayName::parse("c1").unwrap();
-        hub.typing(&RoomName::lobby(), ClientId(1), &name, None)
+        hub.typing(&RoomName::lobby(), ClientId::test(1), &name, None)
             .unwrap();
         assert!(
-            hub.typing(&RoomName::lobby(), ClientId(1), &name, None)
+            hub.typing(&RoomName::lobby(), ClientId::test(1), &name, None)
                 .is_err(),
             "one per 2 s"
         );
@@ -567,7 +608,7 @@ mod tests {
         let sub = hub
             .open_stream(
                 &RoomName::lobby(),
-                ClientId(1),
+                ClientId::test(1),
                 &DisplayName::parse("myself").unwrap(),
             )
             .unwrap();
@@ -575,9 +616,9 @@ mod tests {
         let mut s = EventStream::new(
             sub,
             Vec::new(),
-            ClientId(1),
+            ClientId::test(1),
             Format::Text,
-            Some(EventId(1)),
+            Some(EventId::assigned(1)),
             1000,
             hub.metrics().clone(),
             (),

@@ -166,9 +166,20 @@ impl MessageText {
 /// crate one comes only from [`EventId::parse`]; inside, the histories
 /// assign them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct EventId(pub(crate) u64);
+pub struct EventId(u64);
 
 impl EventId {
+    /// An id a history assigned, or read back from its storage. Clients'
+    /// ids come from [`EventId::parse`].
+    pub const fn assigned(n: u64) -> Self {
+        EventId(n)
+    }
+
+    /// The number, for a history to store and compare.
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
     pub fn parse(s: &str) -> Result<Self, Invalid> {
         let ok = !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit());
         ok.then(|| s.parse::<u64>().ok())
@@ -246,10 +257,7 @@ impl ClientToken {
     /// The public identity derived from the token (a one-way hash), which is
     /// what gets stored with messages and compared for `me`.
     pub fn id(&self) -> ClientId {
-        let digest = Sha256::digest(self.0.as_bytes());
-        let mut b = [0u8; 16];
-        b.copy_from_slice(&digest[..16]);
-        ClientId(u128::from_be_bytes(b))
+        ClientId::hashed(self.0.as_bytes())
     }
 }
 
@@ -264,9 +272,33 @@ pub fn random_hex(bytes: usize) -> String {
 /// Outside this crate one comes only from a token ([`ClientToken::id`]),
 /// or [`ClientId::random`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClientId(pub(crate) u128);
+pub struct ClientId(u128);
 
 impl ClientId {
+    /// The first 128 bits of the SHA-256 of `secret`.
+    pub fn hashed(secret: &[u8]) -> Self {
+        let digest = Sha256::digest(secret);
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&digest[..16]);
+        ClientId(u128::from_be_bytes(b))
+    }
+
+    /// As stored in a history (big-endian).
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+
+    /// The inverse of [`ClientId::to_bytes`].
+    pub fn from_bytes(b: [u8; 16]) -> Self {
+        ClientId(u128::from_be_bytes(b))
+    }
+
+    /// A small identity for unit tests.
+    #[cfg(test)]
+    pub(crate) const fn test(n: u128) -> Self {
+        ClientId(n)
+    }
+
     /// An identity no token maps to in practice: for anonymous senders.
     pub fn random() -> Self {
         ClientToken::mint().id()

@@ -4,7 +4,6 @@
 
 use std::net::IpAddr;
 
-use sha2::{Digest, Sha256};
 use warp::http::{header, HeaderMap, HeaderValue};
 
 use super::error::ApiError;
@@ -107,10 +106,7 @@ pub fn set_cookie(token: &ClientToken, https: bool) -> HeaderValue {
 /// the same place is recognised. No token hashes to it, so it is never
 /// anyone's `me`.
 pub fn anonymous_sender(ip: IpAddr) -> ClientId {
-    let digest = Sha256::digest(format!("ssechat anonymous sender at {}", address_key(ip)));
-    let mut b = [0u8; 16];
-    b.copy_from_slice(&digest[..16]);
-    ClientId(u128::from_be_bytes(b))
+    ClientId::hashed(format!("ssechat anonymous sender at {}", address_key(ip)).as_bytes())
 }
 
 /// A request made from another site (`Sec-Fetch-Site: cross-site`): a

@@ -63,7 +63,7 @@ impl History for MemoryStore {
                 continue;
             }
             inner.last_id += 1;
-            let msg = m.stored(EventId(inner.last_id), now_ms);
+            let msg = m.stored(EventId::assigned(inner.last_id), now_ms);
             if let Some(key) = key {
                 inner.keys.insert(key.clone(), (msg.id, msg.room.clone()));
                 inner.key_order.push_back(key);

@@ -257,14 +257,14 @@ fn row_to_message(
         let sender: Vec<u8> = r.get(4)?;
         let name: String = r.get(1)?;
         Ok(Message {
-            id: EventId(r.get::<_, i64>(0)? as u64),
+            id: EventId::assigned(r.get::<_, i64>(0)? as u64),
             room: room.clone(),
             // Names were validated when stored; a hand-edited row falls back.
             name: DisplayName::parse(&name)
                 .unwrap_or_else(|_| DisplayName::parse("unknown").expect("valid")),
             text: r.get(2)?,
             ts: r.get(3)?,
-            sender: ClientId(u128::from_be_bytes(sender.try_into().unwrap_or([0u8; 16]))),
+            sender: ClientId::from_bytes(sender.try_into().unwrap_or([0u8; 16])),
         })
     }
 }
@@ -301,7 +301,7 @@ impl History for SqliteStore {
                 )
                 .map_err(unavailable)?;
             for m in batch {
-                let sender = m.sender.0.to_be_bytes();
+                let sender = m.sender.to_bytes();
                 if let Some(key) = &m.client_msg_id {
                     let found = find_key
                         .query_row(params![&sender[..], key.as_str()], |r| {
@@ -311,7 +311,7 @@ impl History for SqliteStore {
                         .map_err(unavailable)?;
                     if let Some((id, room)) = found {
                         out.push(Appended::Duplicate {
-                            id: EventId(id as u64),
+                            id: EventId::assigned(id as u64),
                             room: RoomName::parse(&room).unwrap_or_else(|_| m.room.clone()),
                         });
                         continue;
@@ -335,7 +335,9 @@ impl History for SqliteStore {
                         .execute(params![&sender[..], key.as_str(), id, m.room.as_str()])
                         .map_err(unavailable)?;
                 }
-                out.push(Appended::New(m.stored(EventId(id as u64), now_ms)));
+                out.push(Appended::New(
+                    m.stored(EventId::assigned(id as u64), now_ms),
+                ));
             }
         }
         tx.commit().map_err(unavailable)?;
@@ -348,7 +350,7 @@ impl History for SqliteStore {
         after: Option<EventId>,
         limit: usize,
     ) -> HistoryResult<Vec<Message>> {
-        let after = after.map_or(0, |a| a.0.min(i64::MAX as u64) as i64);
+        let after = after.map_or(0, |a| a.get().min(i64::MAX as u64) as i64);
         let limit = limit.min(i64::MAX as usize) as i64;
         self.read(|c| {
             let mut st = c.prepare_cached(
@@ -379,7 +381,7 @@ impl History for SqliteStore {
             c.prepare_cached("SELECT MAX(id) FROM messages WHERE room = ?1")?
                 .query_row([room.as_str()], |r| r.get::<_, Option<i64>>(0))
         })
-        .map(|id| id.map(|i| EventId(i as u64)))
+        .map(|id| id.map(|i| EventId::assigned(i as u64)))
     }
 
     fn rooms(&self, limit: usize) -> HistoryResult<Vec<RoomName>> {

@@ -511,3 +511,52 @@ async fn a_node_that_cannot_bind_leaves_nothing_behind() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Idempotency keys are remembered one by one, each with its own expiry:
+/// a sender who keeps posting does not keep every key it ever used alive.
+#[tokio::test]
+async fn idempotency_keys_expire_one_by_one_and_retries_are_recognised_on_any_node() {
+    let Some(redis) = Redis::start(false) else {
+        return;
+    };
+    let (a, b) = (node(&redis, &[]), node(&redis, &[]));
+    let client = token();
+    let send = |n: &BinApp, key: &str| {
+        reqwest::Client::new()
+            .post(n.url("/chat/messages"))
+            .header("x-chat-client", client.as_str())
+            .json(&json!({"room": "idem", "text": key, "client_msg_id": key}))
+            .send()
+    };
+    let mut ids = Vec::new();
+    for key in ["k1", "k2", "k3"] {
+        let res = send(&a, key).await.unwrap();
+        assert_eq!(res.status(), 201);
+        ids.push(res.json::<Value>().await.unwrap()["id"].clone());
+    }
+    let again = send(&b, "k2").await.unwrap();
+    assert_eq!(
+        again.status(),
+        200,
+        "a retry on another node is a duplicate"
+    );
+    assert_eq!(again.json::<Value>().await.unwrap()["id"], ids[1]);
+
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("ssechat:idem:*")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(keys.len(), 3, "one key per client_msg_id: {keys:?}");
+    for k in &keys {
+        let ttl: i64 = redis::cmd("TTL").arg(k).query(&mut conn).unwrap();
+        assert!(
+            ttl > 0 && ttl <= 24 * 3600,
+            "{k} expires on its own (TTL {ttl})"
+        );
+    }
+    assert_eq!(all_messages(&a.url(""), "idem").await.len(), 3);
+}

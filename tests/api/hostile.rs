@@ -436,6 +436,30 @@ async fn opening_streams_is_rate_limited_per_address() {
     assert_eq!(other.status, 200, "another address has its own bucket");
 }
 
+/// For a NAT with many people behind one address: the opening rate is set
+/// on its own, and stays on when posting is unlimited.
+#[tokio::test]
+async fn the_stream_opening_rate_has_flags_of_its_own() {
+    let app = spawn_app_with(&[
+        "--post-rate",
+        "0",
+        "--stream-open-rate",
+        "0.01",
+        "--stream-open-burst",
+        "3",
+    ])
+    .await;
+    let mut statuses = Vec::new();
+    let mut open = Vec::new();
+    for _ in 0..5 {
+        let s = app.events("room=nat").await;
+        statuses.push(s.status);
+        open.push(s);
+    }
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    assert!(open[3].headers.contains_key("retry-after"));
+}
+
 /// Resident memory of process `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

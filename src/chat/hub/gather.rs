@@ -1,17 +1,21 @@
 //! The hub's side of presence and typing: each room's gathering window,
 //! the timer that publishes it on the room's board, batches from the
 //! cluster, typing notices, and who is online.
+//!
+//! [`PRESENCE_GATHER`]: crate::chat::presence::PRESENCE_GATHER
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{fanout, Event, Hub, PresenceBatch, Room, TypingTooOften, PRESENCE_GATHER};
+use super::{fanout, Event, Hub, PresenceBatch, Room, TypingTooOften};
 use crate::chat::types::{ClientId, DisplayName, RoomName};
 
 impl Hub {
-    /// Makes sure the room's window is flushed within [`PRESENCE_GATHER`]:
-    /// one timer per room and window, none while the room is quiet.
+    /// Makes sure the room's window is flushed: [`PRESENCE_GATHER`] after
+    /// its first change, or later in a big room that had a window lately
+    /// ([`Window::due`](crate::chat::presence::Window::due)). One timer per room and window, none while the
+    /// room is quiet.
     pub(super) fn schedule_flush(&self, room: &RoomName, r: &mut Room) {
         if r.live.window.timer {
             return;
@@ -23,9 +27,10 @@ impl Hub {
             return;
         };
         r.live.window.timer = true;
+        let due = r.live.window.due(tokio::time::Instant::now(), r.watchers);
         let (hub, room) = (self.clone(), room.clone());
         runtime.spawn(async move {
-            tokio::time::sleep(PRESENCE_GATHER).await;
+            tokio::time::sleep_until(due).await;
             let clustered = hub.clustered();
             let waker = {
                 let mut state = hub.lock();

@@ -2,13 +2,16 @@
 -- it to the room's stream (trimmed to the history size), records the
 -- idempotency key, and publishes it, atomically, so the publish order is
 -- the id order on every node.
--- KEYS: seq, room stream, rooms by latest id (sorted set), idempotency
---       hash of the sender.
+-- KEYS: seq, room stream, rooms by latest id (sorted set), the idempotency
+--       key (sender and client_msg_id; unused without one). Each key is a
+--       string of its own that expires on its own: a hash per sender would
+--       have its TTL renewed by every post and grow for as long as the
+--       sender keeps posting.
 -- ARGV: room, name, text, ts, sender, client_msg_id ('' for none),
 --       history (0: untrimmed), idempotency TTL in seconds.
 -- Returns {1, id} for a new message, {0, "id room"} for a duplicate.
 if ARGV[6] ~= '' then
-  local found = redis.call('HGET', KEYS[4], ARGV[6])
+  local found = redis.call('GET', KEYS[4])
   if found then return {0, found} end
 end
 local id = redis.call('INCR', KEYS[1])
@@ -19,8 +22,7 @@ else
 end
 redis.call('ZADD', KEYS[3], id, ARGV[1])
 if ARGV[6] ~= '' then
-  redis.call('HSET', KEYS[4], ARGV[6], id .. ' ' .. ARGV[1])
-  redis.call('EXPIRE', KEYS[4], ARGV[8])
+  redis.call('SET', KEYS[4], id .. ' ' .. ARGV[1], 'EX', ARGV[8])
 end
 redis.call('PUBLISH', 'ssechat:events',
   'm\n' .. id .. '\n' .. ARGV[1] .. '\n' .. ARGV[4] .. '\n' .. ARGV[5] .. '\n' .. ARGV[2] .. '\n' .. ARGV[3])

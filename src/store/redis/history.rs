@@ -14,6 +14,12 @@ use crate::chat::types::{ClientId, DisplayName, EventId, RoomName};
 const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
 
 const APPEND: &str = include_str!("append.lua");
+
+/// The Redis key remembering one `client_msg_id` of one sender (a fixed
+/// length hex id, so the two cannot run into each other).
+fn idempotency_key(sender: &str, client_msg_id: &str) -> String {
+    format!("ssechat:idem:{sender}:{client_msg_id}")
+}
 /// Rooms scored by their newest id, kept by `append.lua`.
 const ROOMS: &str = "ssechat:active";
 
@@ -41,7 +47,7 @@ impl RedisHistory {
                 let id = e.id.split('-').next()?.parse().ok()?;
                 let get = |k: &str| -> Option<String> { e.get(k) };
                 Some(Message {
-                    id: EventId(id),
+                    id: EventId::assigned(id),
                     room: room.clone(),
                     // Names were valid when stored; one the rules have
                     // since refused must not lose the message.
@@ -63,19 +69,20 @@ impl History for RedisHistory {
             let mut pipe = redis::pipe();
             for m in batch {
                 let sender = m.sender.to_hex();
+                let key = m.client_msg_id.as_ref().map_or("", |k| k.as_str());
                 pipe.cmd("EVALSHA")
                     .arg(self.append.get_hash())
                     .arg(4)
                     .arg("ssechat:seq")
                     .arg(format!("ssechat:room:{}", m.room))
                     .arg(ROOMS)
-                    .arg(format!("ssechat:idem:{sender}"))
+                    .arg(idempotency_key(&sender, key))
                     .arg(m.room.as_str())
                     .arg(m.name.as_str())
                     .arg(m.text.as_str())
                     .arg(now_ms)
                     .arg(&sender)
-                    .arg(m.client_msg_id.as_ref().map_or("", |k| k.as_str()))
+                    .arg(key)
                     .arg(self.history)
                     .arg(IDEMPOTENCY_TTL_SECS);
             }
@@ -92,7 +99,7 @@ impl History for RedisHistory {
         // An id that does not parse would be a bug in the script or a
         // foreign writer: refuse rather than hand out id 0.
         let id_of = |s: &str| {
-            s.parse().map(EventId).map_err(|_| {
+            s.parse().map(EventId::assigned).map_err(|_| {
                 HistoryError::Unavailable(format!(
                     "redis: unexpected id {s:?} from the append script"
                 ))
@@ -121,7 +128,7 @@ impl History for RedisHistory {
         after: Option<EventId>,
         limit: usize,
     ) -> HistoryResult<Vec<Message>> {
-        let start = format!("{}-0", after.map_or(0, |a| a.0.saturating_add(1)));
+        let start = format!("{}-0", after.map_or(0, |a| a.get().saturating_add(1)));
         let reply = self.conn.with_retry(|c| {
             c.xrange_count(
                 format!("ssechat:room:{room}"),

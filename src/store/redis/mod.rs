@@ -22,7 +22,7 @@
 //!   has the inbox catch up from the streams when it is back.
 //!
 //! Keys: `ssechat:seq`, `ssechat:active` (rooms by newest id), `ssechat:room:{room}` (stream),
-//! `ssechat:idem:{sender}`, `ssechat:pc:{room}`, `ssechat:pn:{room}`,
+//! `ssechat:idem:{sender}:{client_msg_id}`, `ssechat:pc:{room}`, `ssechat:pn:{room}`,
 //! `ssechat:pt:{room}` (tally), `ssechat:pnode:{node}:{room}`, `ssechat:nrooms:{node}`, `ssechat:nodes`;
 //! channel `ssechat:events`.
 

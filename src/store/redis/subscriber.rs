@@ -86,7 +86,7 @@ fn parse_published(payload: &str) -> Option<Published> {
             let name = DisplayName::parse(parts.next()?).ok()?;
             let text = parts.next()?.to_owned();
             Some(Published::Message(Message {
-                id: EventId(id),
+                id: EventId::assigned(id),
                 room,
                 name,
                 text,
@@ -106,7 +106,7 @@ pub async fn run(
     cancel: CancellationToken,
     ready: tokio::sync::oneshot::Sender<()>,
 ) {
-    let mut last_seen = EventId(0);
+    let mut last_seen = EventId::assigned(0);
     let mut ready = Some(ready);
     let mut backoff = MIN_BACKOFF;
     let mut was_down = false;
@@ -188,9 +188,9 @@ mod tests {
         let Some(Published::Message(m)) = parse_published(p) else {
             panic!()
         };
-        assert_eq!(m.id, EventId(42));
+        assert_eq!(m.id, EventId::assigned(42));
         assert_eq!(m.text, "line1\nline2\n\nend");
-        assert_eq!(m.sender, ClientId(10));
+        assert_eq!(m.sender, ClientId::test(10));
         let Some(Published::Presence(b)) =
             parse_published("b\nlobby\n3\n4 1\n5 2\nj 0a bob smith\nl 0b al\nt 0c cy")
         else {
@@ -206,12 +206,12 @@ mod tests {
             )
         );
         assert_eq!(b.changes.len(), 2);
-        assert_eq!(b.changes[0].about, ClientId(10));
+        assert_eq!(b.changes[0].about, ClientId::test(10));
         assert_eq!(b.changes[0].name.as_str(), "bob smith");
         assert_eq!(b.changes[1].kind, PresenceKind::Leave);
         assert_eq!(
             b.typing,
-            [(ClientId(12), DisplayName::parse("cy").unwrap())]
+            [(ClientId::test(12), DisplayName::parse("cy").unwrap())]
         );
         assert!(parse_published("x\n").is_none());
     }

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Bounded fuzzing for CI (run by .ci/run): builds the cargo-fuzz targets in
+# fuzz/ and runs each for SSECHAT_FUZZ_SECONDS (default 60) from its
+# committed corpus, two at a time (a 2-core CI machine: one core each).
+# New inputs go to a scratch directory, not into the clone. A crash, a
+# timeout or an out-of-memory fails the run; the input that caused it is
+# printed in base64 (and kept under fuzz/artifacts/<target>/) so the log
+# alone is enough to reproduce it:
+#   base64 -d > crash && RUSTC_BOOTSTRAP=1 cargo fuzz run -s none -a TARGET crash
+#
+# Environment:
+#   SSECHAT_FUZZ_SECONDS=60   per target (0: skip the build and the run)
+#   SSECHAT_FUZZ_PARALLEL=2   targets run at once
+#   SSECHAT_FUZZ_TARGETS="request form sse store"
+#   SSECHAT_FUZZ_CODEGEN_UNITS=16
+# Needs cargo-fuzz (cargo install --locked cargo-fuzz). cargo-fuzz passes
+# nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain take them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=${SSECHAT_FUZZ_SECONDS:-60}
+parallel=${SSECHAT_FUZZ_PARALLEL:-2}
+read -r -a targets <<<"${SSECHAT_FUZZ_TARGETS:-request form sse store}"
+
+if [ "$seconds" = 0 ]; then
+    echo "fuzz-ci.sh: SSECHAT_FUZZ_SECONDS=0: not built, not run" >&2
+    exit 0
+fi
+command -v cargo-fuzz >/dev/null || {
+    echo "fuzz-ci.sh: needs cargo-fuzz (cargo install --locked cargo-fuzz)" >&2
+    exit 1
+}
+scratch=$(mktemp -d /tmp/ssechat-fuzz.XXXXXX)
+trap 'rm -rf "$scratch"' EXIT
+
+# -s none: the product forbids unsafe code, and without ASan the targets
+# run several times faster; -a: debug assertions and overflow checks on.
+# The build, not the run, is what costs in CI (every dependency of the
+# product, instrumented): 16 codegen units let both cores work inside the
+# big crates, and no debug info (a crash still names its functions; rebuild
+# with fuzz/Cargo.toml's `debug = 1` to get lines) saves code generation
+# and linking.
+start=$(date +%s)
+CARGO_PROFILE_RELEASE_DEBUG=${CARGO_PROFILE_RELEASE_DEBUG:-0} RUSTC_BOOTSTRAP=1 \
+    cargo fuzz build -s none -a --codegen-units "${SSECHAT_FUZZ_CODEGEN_UNITS:-16}"
+echo "fuzz-ci.sh: built in $(($(date +%s) - start)) s" >&2
+bin_dir=fuzz/target/x86_64-unknown-linux-gnu/release
+
+run_one() {
+    local target=$1
+    local dict=()
+    [ -f "fuzz/$target.dict" ] && dict=("-dict=fuzz/$target.dict")
+    mkdir -p "$scratch/$target" "fuzz/artifacts/$target"
+    "$bin_dir/$target" "$scratch/$target" "fuzz/corpus/$target" \
+        -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=2048 \
+        -print_final_stats=1 -artifact_prefix="fuzz/artifacts/$target/" "${dict[@]}" \
+        >"$scratch/$target.log" 2>&1
+}
+
+# The end of a target's log, its figures, and on failure every input it
+# saved.
+report() {
+    local target=$1 status=$2
+    echo "=== fuzz $target: exit $status"
+    grep -E '^#[0-9]+ +(INITED|DONE)|^stat::number_of_executed_units|^stat::peak_rss_mb|^Done ' \
+        "$scratch/$target.log" || true
+    if [ "$status" != 0 ]; then
+        echo "--- fuzz $target: the last 60 lines of its log"
+        tail -n 60 "$scratch/$target.log"
+        for f in "fuzz/artifacts/$target"/*; do
+            [ -f "$f" ] || continue
+            echo "--- fuzz $target: $f ($(wc -c <"$f") bytes), base64:"
+            head -c 65536 "$f" | base64
+        done
+    fi
+}
+
+status=0
+pending=("${targets[@]}")
+while [ ${#pending[@]} -gt 0 ]; do
+    batch=("${pending[@]:0:$parallel}")
+    pending=("${pending[@]:$parallel}")
+    pids=()
+    for t in "${batch[@]}"; do
+        run_one "$t" &
+        pids+=($!)
+    done
+    for i in "${!batch[@]}"; do
+        s=0
+        wait "${pids[$i]}" || s=$?
+        report "${batch[$i]}" "$s"
+        [ "$s" = 0 ] || status=1
+    done
+done
+echo "fuzz-ci.sh: ${#targets[@]} targets, ${seconds} s each, $parallel at a time; done in $(($(date +%s) - start)) s" >&2
+exit $status
