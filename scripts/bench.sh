@@ -5,7 +5,8 @@
 # See docs/BENCHMARK.md.
 #
 # Environment:
-#   SCENARIOS="1 2 3 4 5 6 7"  which scenarios to run (6 and 7: crowds)
+#   SCENARIOS="1 2 3 4 5 6 7 8"  which scenarios to run (6 and 7: crowds;
+#                          8: HTTPS and HTTP/2, with tls-load)
 #   ROUNDS=3               runs per server and scenario (QUICK: 1)
 #   FANOUT_DB=:memory:     in-memory store for scenarios 1-3 (default: SQLite)
 #   QUICK=1                small numbers, finishes in well under a minute
@@ -19,6 +20,7 @@
 #   Scenario sizes: S1_SUBS S1_MSGS S1_INFLIGHT  S2_SUBS S2_RATE S2_MSGS
 #                   S3_CONNS S3_ROOMS  S4_MSGS S4_INFLIGHT
 #                   S6_CONNS  S7_CONNS S7_MSGS S7_RATE
+#                   S8_SUBS S8_MSGS S8_IDLE S8_HS_SECONDS
 set -u -o pipefail
 
 cd "$(dirname "$0")/.."
@@ -32,6 +34,7 @@ if [ "$QUICK" = 1 ]; then
     S4_MSGS=${S4_MSGS:-2000};  S4_INFLIGHT=${S4_INFLIGHT:-64}
     S6_CONNS=${S6_CONNS:-1000}
     S7_CONNS=${S7_CONNS:-1000}; S7_MSGS=${S7_MSGS:-20}; S7_RATE=${S7_RATE:-50}
+    S8_SUBS=${S8_SUBS:-50}; S8_MSGS=${S8_MSGS:-100}; S8_IDLE=${S8_IDLE:-200}; S8_HS_SECONDS=${S8_HS_SECONDS:-2}
 else
     ROUNDS=${ROUNDS:-3}
     S1_SUBS=${S1_SUBS:-1000};  S1_MSGS=${S1_MSGS:-2000}; S1_INFLIGHT=${S1_INFLIGHT:-16}
@@ -40,14 +43,19 @@ else
     S4_MSGS=${S4_MSGS:-20000}; S4_INFLIGHT=${S4_INFLIGHT:-64}
     S6_CONNS=${S6_CONNS:-10000}
     S7_CONNS=${S7_CONNS:-19000}; S7_MSGS=${S7_MSGS:-100}; S7_RATE=${S7_RATE:-50}
+    S8_SUBS=${S8_SUBS:-500}; S8_MSGS=${S8_MSGS:-1000}; S8_IDLE=${S8_IDLE:-2000}; S8_HS_SECONDS=${S8_HS_SECONDS:-5}
 fi
-SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6 7"}
+SCENARIOS=${SCENARIOS:-"1 2 3 4 5 6 7 8"}
 BIN_DIR=${BIN_DIR:-target/release}
 SQLITE=${SQLITE:-1}
 
 SSECHAT="$BIN_DIR/ssechat"
 REFERENCE="$BIN_DIR/sse-reference"
 BENCH="$BIN_DIR/ssechat-bench"
+TLSLOAD="$BIN_DIR/tls-load"
+# Scenario 8 serves HTTPS: the flags of both servers, the health check's URL.
+TLS_FLAGS=()
+SCHEME=http
 SSECHAT_FLAGS=(--post-rate 0 --max-streams 0 --max-streams-per-ip 0 --max-long-polls 0
     --max-connections-per-ip 0)
 
@@ -103,7 +111,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     timeout 3600 cargo build --release --workspace --bins >&2 \
         || die "release build failed"
 fi
-for b in "$SSECHAT" "$REFERENCE" "$BENCH"; do
+for b in "$SSECHAT" "$REFERENCE" "$BENCH" "$TLSLOAD"; do
     [ -x "$b" ] || die "missing $b (build, or set BIN_DIR)"
 done
 
@@ -113,8 +121,8 @@ start_server() {
     PORT=$("$BENCH" --free-port) || die "no free port"
     case $kind in
         ssechat) "$SSECHAT" --port "$PORT" "${SSECHAT_FLAGS[@]}" --db "$db" \
-                     >>"$WORK/server.log" 2>&1 &;;
-        reference) "$REFERENCE" --port "$PORT" >>"$WORK/server.log" 2>&1 &;;
+                     "${TLS_FLAGS[@]}" >>"$WORK/server.log" 2>&1 &;;
+        reference) "$REFERENCE" --port "$PORT" "${TLS_FLAGS[@]}" >>"$WORK/server.log" 2>&1 &;;
         *) die "unknown server $kind";;
     esac
     SERVER_PID=$!
@@ -124,7 +132,8 @@ start_server() {
             SERVER_PID=""
             return 1
         fi
-        if curl -sf -m 1 "http://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then
+        if curl -sf -m 1 ${TLS_FLAGS[0]:+--cacert "$WORK/tls/ca.pem"} \
+            "$SCHEME://127.0.0.1:$PORT/healthz" >/dev/null 2>&1; then
             return 0
         fi
         sleep 0.05
@@ -352,6 +361,58 @@ for s in $SCENARIOS; do
         check_row "7   correctness (sum over rounds)" 7 ssechat reference
         row "7   subscribers dropped / failed" 7 ssechat reference '.disconnected + .connect_failed' 0
         row "7   connect all s" 7 ssechat reference .connect_s 2
+        ;;
+    8)
+        # HTTPS: the same rustls (ring) in both servers, HTTP/2 or HTTP/1.1
+        # by ALPN; tls-load is the client (hyper + rustls), one connection
+        # per subscriber, the posters on HTTP/1.1 connections of their own.
+        "$TLSLOAD" --make-cert "$WORK/tls" || die "tls-load --make-cert failed"
+        TLS_FLAGS=(--tls-cert "$WORK/tls/cert.pem" --tls-key "$WORK/tls/key.pem")
+        SCHEME=https
+        tls_run() { # FIGURE KIND ROUND TLS-LOAD-ARGS...: one run on the running server
+            local figure=$1 kind=$2 round=$3 json
+            shift 3
+            json=$(timeout 300 "$TLSLOAD" --addr "127.0.0.1:$PORT" --ca "$WORK/tls/ca.pem" \
+                --pid "$SERVER_PID" --mode "$kind" --timeout 120 "$@" 2>>"$WORK/bench.log" | tail -n 1)
+            jq -e . >/dev/null 2>&1 <<<"$json" || json='{"ok":false,"error":"no result"}'
+            jq -c --arg s "$figure" --arg k "$kind" --argjson r "$round" \
+                '. + {scenario: $s, kind: $k, round: $r}' <<<"$json" >>"$RAW"
+        }
+        tls_fresh() { # FIGURE KIND ROUND TLS-LOAD-ARGS...: the same, on a fresh server
+            if start_server "$2"; then
+                log "scenario 8 round $3: $2 $1"
+                tls_run "$@"
+            else
+                log "scenario 8 round $3: $2 did not start"
+                echo "{\"ok\":false,\"scenario\":\"$1\",\"kind\":\"$2\",\"round\":$3}" >>"$RAW"
+            fi
+            stop_server
+        }
+        for round in $(seq 1 "$ROUNDS"); do
+            for proto in h1 h2; do
+                for kind in ssechat reference; do
+                    tls_fresh "8-fan-$proto" "$kind" "$round" --test fanout --proto "$proto" \
+                        --subscribers "$S8_SUBS" --messages "$S8_MSGS"
+                done
+                for kind in ssechat reference; do
+                    tls_fresh "8-idle-$proto" "$kind" "$round" --test idle --proto "$proto" \
+                        --subscribers "$S8_IDLE"
+                done
+            done
+            for kind in ssechat reference; do
+                tls_fresh 8-hs "$kind" "$round" --test handshakes --seconds "$S8_HS_SECONDS"
+            done
+        done
+        TLS_FLAGS=()
+        SCHEME=http
+        row "8 HTTPS/1.1 fan-out ${S8_SUBS}x${S8_MSGS}: CPU us/delivery" 8-fan-h1 ssechat reference .cpu_us_per_delivery 3
+        row "8   HTTP/2 (TLS) fan-out: CPU us/delivery" 8-fan-h2 ssechat reference .cpu_us_per_delivery 3
+        row "8   HTTPS/1.1 fan-out: deliveries/s" 8-fan-h1 ssechat reference .deliveries_per_s 0
+        row "8   HTTP/2 (TLS) fan-out: deliveries/s" 8-fan-h2 ssechat reference .deliveries_per_s 0
+        row "8 HTTPS/1.1 ${S8_IDLE} idle streams: RSS KiB/conn" 8-idle-h1 ssechat reference .rss_kib_per_conn 2
+        row "8   HTTP/2 (TLS) idle streams: RSS KiB/conn" 8-idle-h2 ssechat reference .rss_kib_per_conn 2
+        row "8 TLS 1.3 full handshakes/s" 8-hs ssechat reference .handshakes_per_s 0
+        row "8   server CPU us/handshake" 8-hs ssechat reference .server_cpu_us_per_handshake 0
         ;;
     *) die "unknown scenario $s";;
     esac

@@ -1,8 +1,9 @@
 //! Certificates obtained and renewed by ssechat itself over ACME (RFC 8555)
 //! with the TLS-ALPN-01 challenge (RFC 8737) on the serving port.
 //!
-//! The protocol is instant-acme's (on our own tokio/hyper/rustls stack;
-//! rustls-acme would bring a second async runtime). What is ours: answering
+//! The protocol is instant-acme's (on our own tokio/hyper/rustls stack and
+//! the command-line client's reqwest; rustls-acme would bring a second
+//! async runtime). What is ours: answering
 //! the challenge in the TLS handshake, the cache, and when to renew.
 //!
 //! Cache (`--acme-cache`), one folder per ACME directory URL:
@@ -12,13 +13,16 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use http_body_util::BodyExt;
 use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, ChallengeType, Identifier,
-    NewAccount, NewOrder, OrderStatus, RetryPolicy,
+    Account, AccountCredentials, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType,
+    Identifier, NewAccount, NewOrder, OrderStatus, RetryPolicy,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -39,6 +43,9 @@ const RECHECK: Duration = Duration::from_secs(3600);
 const RETRY_FIRST: Duration = Duration::from_secs(10);
 /// How long the ACME server may take to validate and to issue.
 const ORDER_WAIT: Duration = Duration::from_secs(120);
+/// Bounds on one HTTP exchange with the ACME server.
+const HTTP_CONNECT: Duration = Duration::from_secs(10);
+const HTTP_REQUEST: Duration = Duration::from_secs(30);
 
 /// The certificate to serve, and the challenge certificates while an order
 /// is being validated.
@@ -78,15 +85,41 @@ impl Served {
     }
 }
 
-fn validity(der: &CertificateDer<'_>) -> Result<(SystemTime, SystemTime), BoxError> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der)?;
-    let at = |t: x509_parser::time::ASN1Time| {
-        UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64)
-    };
-    Ok((
-        at(cert.validity().not_before),
-        at(cert.validity().not_after),
-    ))
+/// The leaf's validity period (RFC 5280 4.1: Certificate, tbsCertificate,
+/// then version, serialNumber, signature, issuer, validity), read with
+/// yasna (a DER reader rcgen brings anyway; a full X.509 parser would
+/// weigh more than the rest of ACME for two dates).
+fn validity(der: &[u8]) -> Result<(SystemTime, SystemTime), BoxError> {
+    use yasna::{tags, BERReader, BERReaderSeq, Tag};
+    fn time(r: BERReader<'_, '_>) -> yasna::ASN1Result<SystemTime> {
+        let at = if r.lookahead_tag()? == tags::TAG_UTCTIME {
+            *r.read_utctime()?.datetime()
+        } else {
+            *r.read_generalized_time()?.datetime()
+        };
+        Ok(UNIX_EPOCH + Duration::from_secs(at.unix_timestamp().max(0) as u64))
+    }
+    fn skip_rest(r: &mut BERReaderSeq<'_, '_>) -> yasna::ASN1Result<()> {
+        while r.read_optional(|r| r.read_der())?.is_some() {}
+        Ok(())
+    }
+    Ok(yasna::parse_der(der, |r| {
+        r.read_sequence(|cert| {
+            let dates = cert.next().read_sequence(|tbs| {
+                tbs.read_optional(|r| r.read_tagged(Tag::context(0), |r| r.read_der()))?;
+                tbs.next().read_der()?; // serialNumber
+                tbs.next().read_der()?; // signature algorithm
+                tbs.next().read_der()?; // issuer
+                let dates = tbs
+                    .next()
+                    .read_sequence(|v| Ok((time(v.next())?, time(v.next())?)))?;
+                skip_rest(tbs)?;
+                Ok(dates)
+            })?;
+            skip_rest(cert)?;
+            Ok(dates)
+        })
+    })?)
 }
 
 impl ResolvesServerCert for AcmeCerts {
@@ -322,7 +355,7 @@ impl Acme {
     /// The account kept in the cache, or a new one (then kept).
     async fn account(&self) -> Result<Account, BoxError> {
         let path = self.dir.join("account.json");
-        let http = http_client(self.root.clone())?;
+        let http = Box::new(AcmeHttp::new(self.root.as_ref())?);
         if let Ok(json) = std::fs::read(&path) {
             let credentials: AccountCredentials =
                 serde_json::from_slice(&json).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -368,25 +401,49 @@ fn challenge_cert(name: &str, digest: &[u8]) -> Result<CertifiedKey, BoxError> {
     Ok(CertifiedKey::new(vec![cert.der().clone()], signer))
 }
 
-/// The ACME client's HTTPS: the system's roots plus `--acme-root`.
-fn http_client(
-    root: Option<CertificateDer<'static>>,
-) -> Result<Box<dyn instant_acme::HttpClient>, BoxError> {
-    let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(root, provider())?;
-    let tls = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .dangerous() // not dangerous: the platform's verifier, with one more root
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_only()
-        .enable_http1()
-        .build();
-    let client: hyper_util::client::legacy::Client<_, BodyWrapper<bytes::Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .build(connector);
-    Ok(Box::new(client))
+/// The ACME client's HTTPS: the same HTTP client as `ssechat send`
+/// (reqwest, rustls with ring), trusting the system's roots plus
+/// `--acme-root`. No proxy from the environment: the ACME server must see
+/// this host, and an HTTPS_PROXY meant for other programs must not stand
+/// in between unnoticed.
+struct AcmeHttp(reqwest::Client);
+
+impl AcmeHttp {
+    fn new(root: Option<&CertificateDer<'static>>) -> Result<AcmeHttp, BoxError> {
+        let mut builder = reqwest::Client::builder()
+            .https_only(true)
+            .no_proxy()
+            .connect_timeout(HTTP_CONNECT)
+            .timeout(HTTP_REQUEST)
+            .user_agent(concat!("ssechat/", env!("CARGO_PKG_VERSION")));
+        if let Some(root) = root {
+            builder = builder.add_root_certificate(reqwest::Certificate::from_der(root.as_ref())?);
+        }
+        Ok(AcmeHttp(builder.build()?))
+    }
+}
+
+impl instant_acme::HttpClient for AcmeHttp {
+    fn request(
+        &self,
+        req: hyper::Request<BodyWrapper<bytes::Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let client = self.0.clone();
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            // The body is one JWS document, already in memory.
+            let Ok(body) = body.collect().await.map(|b| b.to_bytes());
+            let req = reqwest::Request::try_from(hyper::Request::from_parts(parts, body))
+                .map_err(|e| instant_acme::Error::Other(e.into()))?;
+            let res = client
+                .execute(req)
+                .await
+                .map_err(|e| instant_acme::Error::Other(e.into()))?;
+            Ok(BytesResponse::from(hyper::Response::<reqwest::Body>::from(
+                res,
+            )))
+        })
+    }
 }
 
 fn valid_domain(d: &str) -> bool {
@@ -468,6 +525,22 @@ mod tests {
         assert!((9.9..10.1).contains(&days), "{days}");
         // 61 days old: due already.
         assert!(served(90, 61).renew_at() < SystemTime::now());
+    }
+
+    #[test]
+    fn validity_reads_utc_and_generalized_times() {
+        // RFC 5280 4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050.
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["a.test".to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(2001, 2, 3);
+        params.not_after = rcgen::date_time_ymd(2061, 4, 5);
+        let cert = params.self_signed(&key).unwrap();
+        let (from, until) = validity(cert.der()).unwrap();
+        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(secs(from), 981_158_400);
+        assert_eq!(secs(until), 2_879_884_800);
+        assert!(validity(b"\x30\x03\x02\x01\x01").is_err());
+        assert!(validity(&cert.der()[..100]).is_err());
     }
 
     #[test]
