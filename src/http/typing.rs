@@ -51,24 +51,37 @@ where
         return Err(ApiError::ShuttingDown);
     }
     check_origin(&ctx.headers)?;
-    let kind = body_kind(&ctx.headers)?;
+    // No body at all (`curl -X POST '/chat/typing?room=R'`) needs no
+    // content type; a body must say what it is.
+    let kind = match ctx.headers.contains_key(header::CONTENT_TYPE) {
+        true => Some(body_kind(&ctx.headers)?),
+        false => None,
+    };
     let body = read_body(state, &ctx.headers, body, MAX_BODY).await?;
     let f = match kind {
-        BodyKind::Form => {
+        _ if body.is_empty() => TypingFields::default(),
+        None | Some(BodyKind::Text) => return Err(ApiError::UnsupportedMediaType),
+        Some(BodyKind::Form) => {
             let mut f = Fields::parse(&body)?;
             TypingFields {
                 room: f.take("room")?,
                 name: f.take("name")?,
             }
         }
-        BodyKind::Json if body.is_empty() => TypingFields::default(),
-        BodyKind::Json => serde_json::from_slice(&body)
+        Some(BodyKind::Json) => serde_json::from_slice(&body)
             .map_err(|e| ApiError::BadRequest(format!("malformed JSON body: {e}")))?,
-        BodyKind::Text => return Err(ApiError::UnsupportedMediaType),
     };
-    let room = RoomName::parse_or_default(f.room.as_deref())?;
-    let name = f.name.as_deref().map(DisplayName::parse).transpose()?;
+    // Like every endpoint: `room` (and `name`) from the body or the query.
     let mut query = Fields::parse(ctx.query.as_bytes())?;
+    let room_q = query.take("room")?;
+    let name_q = query.take("name")?;
+    let room = RoomName::parse_or_default(f.room.or(room_q).as_deref())?;
+    let name = f
+        .name
+        .or(name_q)
+        .as_deref()
+        .map(DisplayName::parse)
+        .transpose()?;
     let client_q = query.take("client")?;
     let who = identity::resolve(&ctx.headers, client_q.as_deref())?;
     let client = who.token.id();

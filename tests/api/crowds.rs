@@ -387,6 +387,31 @@ async fn typing_reaches_the_rooms_other_json_streams_at_most_once_per_two_second
 }
 
 #[tokio::test]
+async fn typing_needs_no_body_room_and_name_may_come_from_the_query() {
+    let app = spawn_app_with(&[]).await;
+    let (alice, dave) = (token(), token());
+    let mut a = app.subscribe("q", &alice, "alice").await;
+    // What a script does: no body, no content type, all in the query.
+    let res = app
+        .http
+        .post(app.url(&format!("/chat/typing?room=q&name=dave&client={dave}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    assert_eq!(a.expect_json("typing").await, json!({"name": "dave"}));
+    // A body that does not say what it is is still refused.
+    let res = app
+        .http
+        .post(app.url(&format!("/chat/typing?room=q&client={alice}")))
+        .body("room=q")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 415);
+}
+
+#[tokio::test]
 async fn online_lists_who_is_here_and_how_many() {
     let app = spawn_app_with(&[]).await;
     let mut streams = Vec::new();

@@ -172,27 +172,35 @@ async fn main() {
             let _ = stream.set_nodelay(true);
             let tx = tx.clone();
             let tls = tls.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |req| handle(req, tx.clone()));
-                let Some(tls) = tls else {
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                    return;
-                };
-                let Ok(stream) = tls.accept(stream).await else {
-                    return;
-                };
-                if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    let _ = http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                } else {
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+            // Plain and TLS connections are separate tasks: one future
+            // holding both would make every plain connection as large as a
+            // TLS one (the idle-RSS figures compare plain HTTP).
+            let service = service_fn(move |req| handle(req, tx.clone()));
+            match tls {
+                None => {
+                    tokio::spawn(async move {
+                        let _ = http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
                 }
-            });
+                Some(tls) => {
+                    tokio::spawn(async move {
+                        let Ok(stream) = tls.accept(stream).await else {
+                            return;
+                        };
+                        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                            let _ = http2::Builder::new(TokioExecutor::new())
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        } else {
+                            let _ = http1::Builder::new()
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                    });
+                }
+            }
         }
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
