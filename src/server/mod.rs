@@ -48,6 +48,9 @@ const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// its TLS handshake; the same bound HTTP/1.1 puts on reading a head.
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest pause between looks at a connection whose first bytes could
+/// still be an HTTP/2 preface or an HTTP/1.1 request.
+const PREFACE_PAUSE_MAX: Duration = Duration::from_millis(250);
 
 /// HTTP/2 streams open at once on one connection: a browser's tabs (one
 /// event stream each) and their requests fit many times over.
@@ -277,6 +280,11 @@ where
 async fn starts_h2(stream: &TcpStream) -> Option<bool> {
     const PREFIX: &[u8] = b"PRI ";
     let mut buf = [0u8; 4];
+    // A few bytes that could still be either ("P" starts POST too): wait
+    // for more. Peek would return at once, so sleep, doubling up to a cap:
+    // a peer that sends "P" and stalls costs a few dozen wake-ups over
+    // FIRST_BYTES_TIMEOUT, not 200 a second.
+    let mut pause = Duration::from_millis(2);
     loop {
         stream.readable().await.ok()?;
         let n = stream.peek(&mut buf).await.ok()?;
@@ -286,9 +294,8 @@ async fn starts_h2(stream: &TcpStream) -> Option<bool> {
         if n == PREFIX.len() || buf[..n] != PREFIX[..n] {
             return Some(buf[..n] == *PREFIX);
         }
-        // A few bytes that could still be either: wait for more (peek
-        // would return at once, so do not spin).
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(PREFACE_PAUSE_MAX);
     }
 }
 
@@ -380,5 +387,39 @@ where
 {
     fn shut_down(self: Pin<&mut Self>) {
         self.graceful_shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    /// Writes `first`, then `rest` once the server has looked (and found
+    /// the first bytes could be either), and returns what it decided.
+    async fn decide(first: &[u8], rest: &[u8]) -> Option<bool> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        client.write_all(first).await.unwrap();
+        let decided = tokio::spawn(async move { starts_h2(&server).await });
+        // Let it see only the first bytes and pause at least once.
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        assert!(!decided.is_finished(), "{first:?} alone decides nothing");
+        client.write_all(rest).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), decided)
+            .await
+            .expect("decided once the rest came")
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn first_bytes_split_anywhere_still_tell_h2c_from_http1() {
+        assert_eq!(decide(b"P", b"OST / HTTP/1.1\r\n").await, Some(false));
+        assert_eq!(decide(b"PR", b"I * HTTP/2.0\r\n").await, Some(true));
+        assert_eq!(decide(b"PRI", b" * HTTP/2.0\r\n").await, Some(true));
     }
 }
