@@ -711,14 +711,7 @@ impl Tinyproxy {
             .stderr(Stdio::null())
             .spawn()
             .expect("tinyproxy starts");
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tinyproxy is not listening on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::external::wait_listening(port, "tinyproxy", WAIT);
         Tinyproxy {
             child,
             port,
@@ -934,14 +927,7 @@ impl HttpsFront {
             .stderr(Stdio::null())
             .spawn()
             .expect("nginx starts");
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nginx is not listening on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::external::wait_listening(port, "nginx", WAIT);
         HttpsFront {
             child,
             base: format!("https://127.0.0.1:{port}"),

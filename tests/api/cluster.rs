@@ -456,12 +456,7 @@ async fn the_welcome_page_lists_the_50_busiest_rooms_across_nodes() {
     assert_eq!(&rooms[..3], ["w03", "w79", "w78"], "crowded, then recent");
     assert!(html.contains("2 online"), "counted cluster-wide");
     // Counted at commit on the appending node, before the 201.
-    let metrics = reqwest::get(a.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::helpers::metrics_at(&a.base).await;
     assert_eq!(
         crate::helpers::metric_value(&metrics, "ssechat_messages_total"),
         80.0

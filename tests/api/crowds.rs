@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::cluster::{node, Redis};
 use crate::helpers::{
-    events_at, metric_value, spawn_app_with, spawn_binary, token, SseClient, WAIT,
+    events_at, metric_value, metrics_at, spawn_app_with, spawn_binary, token, SseClient, WAIT,
 };
 
 /// The crowd, and how many of them share one client address.
@@ -257,12 +257,7 @@ async fn crowd_comes_and_goes(
         leaving.elapsed()
     );
     for base in metrics_of {
-        let text = reqwest::get(format!("{base}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = metrics_at(base).await;
         assert_eq!(
             metric_value(&text, "ssechat_subscribers_dropped_total"),
             0.0

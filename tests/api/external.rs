@@ -77,6 +77,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Waits (bounded by `within`) until something listens on 127.0.0.1:`port`;
+/// `what` names it in the failure.
+pub fn wait_listening(port: u16, what: &str, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what} is not listening on {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Kills a child that was started in its own process group, with everything
 /// it started (Chromium's helpers), then reaps it.
 fn kill_group(child: &mut Child) {

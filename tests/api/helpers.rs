@@ -349,24 +349,35 @@ pub fn metric_value(text: &str, name: &str) -> f64 {
         .unwrap()
 }
 
+/// The server's `/metrics` text.
+pub async fn metrics_at(base: &str) -> String {
+    reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Waits (bounded) until the server at `base` reports `name` ≥ `min` on
 /// `/metrics`: for states no stream event announces (a long-poll waiting,
 /// a subscriber dropped inside the server).
 pub async fn wait_metric(base: &str, name: &str, min: f64) {
+    wait_metric_where(base, name, &format!(">= {min}"), |v| v >= min).await
+}
+
+/// Waits (bounded) until `name` on `/metrics` satisfies `ok` (described by
+/// `want` in the failure).
+pub async fn wait_metric_where(base: &str, name: &str, want: &str, ok: impl Fn(f64) -> bool) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        let text = reqwest::get(format!("{base}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if metric_value(&text, name) >= min {
+        let text = metrics_at(base).await;
+        if ok(metric_value(&text, name)) {
             return;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting for {name} >= {min}"
+            "timed out waiting for {name} {want}:\n{text}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
