@@ -67,19 +67,11 @@ else:
 yaml.safe_dump(spec, open(sys.argv[1], "w"), sort_keys=False)
 EOF
 
-PORT=$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 # Posting is not rate-limited here, so that every valid message is stored
 # (the 429 answer itself is covered by tests/api).
-RUST_LOG=${RUST_LOG:-warn} "$BIN" --host 127.0.0.1 --port "$PORT" --db "$WORK/st.db" \
-    --post-rate 0 >"$WORK/server.log" 2>&1 &
-SERVER=$!
-for _ in $(seq 100); do
-    if "$PY" -c "import socket; socket.create_connection(('127.0.0.1',$PORT),0.2)" 2>/dev/null; then
-        break
-    fi
-    kill -0 "$SERVER" 2>/dev/null || die "the server exited at start: $(tail -5 "$WORK/server.log")"
-    sleep 0.1
-done
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+start_ssechat schemathesis.sh "$WORK/server.log" "$BIN" --db "$WORK/st.db" --post-rate 0
 
 echo "schemathesis.sh: server on 127.0.0.1:$PORT; at most $MAX_EXAMPLES examples per operation, ${MAX_TIME} s" >&2
 status=0

@@ -34,22 +34,13 @@ if [ ! -x "$BIN" ]; then
     cargo build --release --bin ssechat
 fi
 
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 # Default limits: the soak is the product as shipped.
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
 # shellcheck disable=SC2086
-RUST_LOG=${RUST_LOG:-warn} "$BIN" --host 127.0.0.1 --port "$PORT" --db "$DB" ${SOAK_ARGS:-} \
-    >"$OUT/server.log" 2>&1 &
-SERVER=$!
+start_ssechat soak.sh "$OUT/server.log" "$BIN" --db "$DB" ${SOAK_ARGS:-}
 cleanup() { kill "$SERVER" 2>/dev/null || true; }
 trap cleanup EXIT
-
-for _ in $(seq 100); do
-    if python3 -c "import socket,sys; socket.create_connection(('127.0.0.1',$PORT),0.2)" 2>/dev/null; then
-        break
-    fi
-    kill -0 "$SERVER" 2>/dev/null || die "the server exited at start: $(tail -5 "$OUT/server.log")"
-    sleep 0.1
-done
 
 echo "soak.sh: server pid $SERVER on 127.0.0.1:$PORT, db $DB, ${SECONDS_TOTAL} s; output in $OUT" >&2
 status=0
