@@ -419,14 +419,7 @@ fn held_json<T: Serialize>(body: &T, guard: impl Send + Sync + 'static) -> Respo
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(*k, HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
+    use crate::http::test_headers as headers;
 
     #[test]
     fn same_host_origins_pass_foreign_ones_do_not() {

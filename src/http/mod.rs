@@ -224,3 +224,13 @@ pub(crate) fn json_response<T: serde::Serialize>(
     );
     res
 }
+
+/// A header map from `(name, value)` pairs, for unit tests.
+#[cfg(test)]
+pub(crate) fn test_headers(pairs: &[(&'static str, &str)]) -> warp::http::HeaderMap {
+    let mut h = warp::http::HeaderMap::new();
+    for (k, v) in pairs {
+        h.append(*k, warp::http::HeaderValue::from_str(v).unwrap());
+    }
+    h
+}
