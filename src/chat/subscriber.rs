@@ -32,8 +32,9 @@ pub struct EventStream<G> {
     /// Sent before live events; dropped (with its buffer) once sent.
     prelude: Option<std::vec::IntoIter<Bytes>>,
     /// What the client missed, read from storage a page at a time; live
-    /// events wait in the channel meanwhile.
-    replay: Option<Replay>,
+    /// events wait in the channel meanwhile. Boxed: most streams have
+    /// none, and every idle stream would reserve its room.
+    replay: Option<Box<Replay>>,
     rx: Receiver<Arc<Event>>,
     /// A message received while presence was due: written right after it.
     stash: Option<Arc<Event>>,
@@ -98,7 +99,7 @@ impl<G> EventStream<G> {
 impl<G> EventStream<G> {
     /// Sends `replay` after the prelude, before going live.
     pub fn with_replay(mut self, replay: Replay) -> Self {
-        self.replay = Some(replay);
+        self.replay = Some(Box::new(replay));
         self
     }
 }
