@@ -470,6 +470,37 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn on_a_busy_node_a_small_rooms_churn_is_spaced_too() {
+        use crate::chat::presence::spacing;
+        let (hub, mut first, wakes, waker) = watched(64);
+        let mut cx = Context::from_waker(&waker);
+        assert!(drain(&mut first, &mut cx).is_empty());
+        // 3,000 streams elsewhere on the node (spacing: 0.3 s).
+        let elsewhere = RoomName::parse_or_default(Some("elsewhere")).unwrap();
+        let name = DisplayName::parse("x").unwrap();
+        let _crowd: Vec<_> = (10_000..13_000)
+            .map(|c| hub.open_stream(&elsewhere, ClientId::test(c), &name).unwrap())
+            .collect();
+        // The lobby, a room of one, has a window, then a change right after.
+        let _second = stream_of(&hub, 2);
+        tokio::time::sleep(AFTER_WINDOW).await;
+        assert_eq!(drain(&mut first, &mut cx).len(), 1);
+        let before = wakes.0.load(Ordering::SeqCst);
+        let _third = stream_of(&hub, 3);
+        tokio::time::sleep(AFTER_WINDOW).await;
+        assert_eq!(wakes.0.load(Ordering::SeqCst), before, "not 0.1 s after");
+        tokio::time::sleep(spacing(3_003)).await;
+        assert_eq!(wakes.0.load(Ordering::SeqCst), before + 1);
+        let got = drain(&mut first, &mut cx);
+        assert_eq!(got, [("join".into(), ">> c3 joined (3 online)".into())]);
+        // After a quiet spell a lone change goes out 0.1 s later again.
+        tokio::time::sleep(spacing(3_003)).await;
+        let _fourth = stream_of(&hub, 4);
+        tokio::time::sleep(AFTER_WINDOW).await;
+        assert_eq!(drain(&mut first, &mut cx).len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn presence_a_stream_could_not_write_is_replaced_not_queued() {
         // A buffer of 4 messages, and a crowd of 300 coming and going over
         // many windows while the first stream does not read at all.
