@@ -479,7 +479,10 @@ mod tests {
         let elsewhere = RoomName::parse_or_default(Some("elsewhere")).unwrap();
         let name = DisplayName::parse("x").unwrap();
         let _crowd: Vec<_> = (10_000..13_000)
-            .map(|c| hub.open_stream(&elsewhere, ClientId::test(c), &name).unwrap())
+            .map(|c| {
+                hub.open_stream(&elsewhere, ClientId::test(c), &name)
+                    .unwrap()
+            })
             .collect();
         // The lobby, a room of one, has a window, then a change right after.
         let _second = stream_of(&hub, 2);

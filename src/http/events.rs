@@ -79,7 +79,9 @@ struct Budget {
 enum Admit {
     Log,
     /// Counted; the first one counted since the last summary asks for one.
-    Count { schedule_summary: bool },
+    Count {
+        schedule_summary: bool,
+    },
 }
 
 impl Budget {
