@@ -198,6 +198,7 @@ where
     /// while it lasts rather than reserved for ever. The first shape of
     /// this task (a spawned block, `plain`, `serve_h1`, `until_cancelled`)
     /// took 1,304 bytes around a 712-byte hyper connection.
+    #[allow(clippy::manual_async_fn)] // an `async fn` is what it avoids
     fn plain(
         self: Arc<Self>,
         stream: TcpStream,
