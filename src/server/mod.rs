@@ -11,7 +11,12 @@
 //!   (HTTP/1.1: finish the response in hand; HTTP/2: GOAWAY, then let open
 //!   streams finish).
 
+#[cfg(feature = "tls")]
 pub mod acme;
+#[cfg(feature = "tls")]
+pub mod tls;
+#[cfg(not(feature = "tls"))]
+#[path = "no_tls.rs"]
 pub mod tls;
 
 use std::convert::Infallible;
@@ -31,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
-use self::tls::{Tls, ALPN_ACME, ALPN_H2};
+use self::tls::Tls;
 use crate::http::{Https, PeerAddr};
 use crate::limits::{AcceptErrors, Limits};
 use crate::metrics::{Metrics, Reason};
@@ -205,7 +210,9 @@ where
         }
     }
 
+    #[cfg(feature = "tls")]
     async fn secure(&self, tls: &Tls, stream: TcpStream, peer: SocketAddr, closing: &Closing) {
+        use self::tls::{ALPN_ACME, ALPN_H2};
         let accept = tls.acceptor.accept(self.stall(stream));
         let stream = tokio::select! {
             () = closing.token.cancelled() => return,
@@ -225,6 +232,11 @@ where
             Some(ALPN_H2) => self.serve_h2(io, peer, true, closing).await,
             _ => self.serve_h1(io, peer, true, closing).await,
         }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    async fn secure(&self, tls: &Tls, _: TcpStream, _: SocketAddr, _: &Closing) {
+        match *tls {}
     }
 
     fn stall(&self, stream: TcpStream) -> StallTimeout<TcpStream> {
