@@ -52,6 +52,7 @@ const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// How long a new connection may take to say anything (plain) or to finish
 /// its TLS handshake; the same bound HTTP/1.1 puts on reading a head.
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+#[cfg(feature = "tls")]
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest pause between looks at a connection whose first bytes could
 /// still be an HTTP/2 preface or an HTTP/1.1 request.
