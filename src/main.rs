@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "cli")]
 mod cli;
 
 use std::process::ExitCode;
@@ -38,8 +39,10 @@ enum Command {
     /// Run the server (the same as no subcommand).
     Serve(Config),
     /// Send messages to a room (from the arguments or standard input).
+    #[cfg(feature = "cli")]
     Send(cli::SendArgs),
     /// Print a room's messages as they arrive.
+    #[cfg(feature = "cli")]
     Listen(cli::ListenArgs),
 }
 
@@ -55,10 +58,18 @@ struct ClientCli {
 
 fn main() -> ExitCode {
     let first = std::env::args_os().nth(1);
-    let command = if matches!(
+    let client = matches!(
         first.as_ref().and_then(|a| a.to_str()),
         Some("send" | "listen")
-    ) {
+    );
+    if client && cfg!(not(feature = "cli")) {
+        eprintln!(
+            "ssechat: this build left out the command-line client (cargo feature `cli`, \
+             on by default: rebuild without --no-default-features, or add --features cli)"
+        );
+        return ExitCode::from(2);
+    }
+    let command = if client {
         Some(ClientCli::parse().command)
     } else {
         let args = Cli::parse();
@@ -66,7 +77,9 @@ fn main() -> ExitCode {
     };
     match command.expect("a command") {
         Command::Serve(config) => serve(config),
+        #[cfg(feature = "cli")]
         Command::Send(a) => cli::send(a),
+        #[cfg(feature = "cli")]
         Command::Listen(a) => cli::listen(a),
     }
 }

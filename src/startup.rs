@@ -20,7 +20,6 @@ use crate::metrics::Metrics;
 use crate::server::tls::{Tls, TlsError};
 use crate::server::{Closing, Server};
 use crate::store::memory::MemoryStore;
-use crate::store::redis::{presence, subscriber, Redis, RedisCluster};
 use crate::store::sqlite::SqliteStore;
 
 /// Why the server could not start. Each says what to do about it.
@@ -211,7 +210,21 @@ async fn start_chat(
         };
         return Ok(Chat::new(history, config.stream_buffer, metrics.clone())?);
     };
-    let (url, history, wait) = (url.clone(), config.history, config.redis_wait);
+    start_cluster(url, config, metrics, cancel, tracker).await
+}
+
+/// Cluster mode: history and presence in Redis, the node's subscriber and
+/// heartbeat started.
+#[cfg(feature = "redis")]
+async fn start_cluster(
+    url: &str,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<Chat, StartupError> {
+    use crate::store::redis::{presence, subscriber, Redis, RedisCluster};
+    let (url, history, wait) = (url.to_owned(), config.history, config.redis_wait);
     let ttl = Duration::from_secs(config.node_ttl.max(1));
     let redis = tokio::task::spawn_blocking(move || {
         Redis::connect(&url, history, Duration::from_secs(wait), ttl)
@@ -246,6 +259,22 @@ async fn start_chat(
         "cluster mode: history and presence in Redis"
     );
     Ok(chat)
+}
+
+/// A build without the `redis` cargo feature has no cluster mode.
+#[cfg(not(feature = "redis"))]
+async fn start_cluster(
+    _url: &str,
+    _config: &Config,
+    _metrics: &Arc<Metrics>,
+    _cancel: &CancellationToken,
+    _tracker: &TaskTracker,
+) -> Result<Chat, StartupError> {
+    Err(StartupError::Config(
+        "--redis needs cluster mode, which this build of ssechat left out (cargo feature \
+         `redis`, on by default: rebuild without --no-default-features, or add --features redis)"
+            .into(),
+    ))
 }
 
 /// Periodic work: keep-alive ticks and history pruning.

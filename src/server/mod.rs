@@ -11,7 +11,12 @@
 //!   (HTTP/1.1: finish the response in hand; HTTP/2: GOAWAY, then let open
 //!   streams finish).
 
+#[cfg(feature = "tls")]
 pub mod acme;
+#[cfg(feature = "tls")]
+pub mod tls;
+#[cfg(not(feature = "tls"))]
+#[path = "no_tls.rs"]
 pub mod tls;
 
 use std::convert::Infallible;
@@ -31,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
-use self::tls::{Tls, ALPN_ACME, ALPN_H2};
+use self::tls::Tls;
 use crate::http::{Https, PeerAddr};
 use crate::limits::{AcceptErrors, Limits, Permit};
 use crate::metrics::{Metrics, Reason};
@@ -47,6 +52,7 @@ const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// How long a new connection may take to say anything (plain) or to finish
 /// its TLS handshake; the same bound HTTP/1.1 puts on reading a head.
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+#[cfg(feature = "tls")]
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest pause between looks at a connection whose first bytes could
 /// still be an HTTP/2 preface or an HTTP/1.1 request.
@@ -223,7 +229,9 @@ where
         }
     }
 
+    #[cfg(feature = "tls")]
     async fn secure(&self, tls: &Tls, stream: TcpStream, peer: SocketAddr, closing: &Closing) {
+        use self::tls::{ALPN_ACME, ALPN_H2};
         let accept = tls.acceptor.accept(self.stall(stream));
         let stream = tokio::select! {
             () = closing.token.cancelled() => return,
@@ -243,6 +251,11 @@ where
             Some(ALPN_H2) => self.serve_h2(io, peer, true, closing).await,
             _ => self.serve_h1(io, peer, true, closing).await,
         }
+    }
+
+    #[cfg(not(feature = "tls"))]
+    async fn secure(&self, tls: &Tls, _: TcpStream, _: SocketAddr, _: &Closing) {
+        match *tls {}
     }
 
     fn stall(&self, stream: TcpStream) -> StallTimeout<TcpStream> {

@@ -4,10 +4,11 @@
 //!
 //! - [`memory`]: history in memory (`--db :memory:`), bounded, gone on restart.
 //! - [`sqlite`]: history in one SQLite file (the default).
-//! - [`redis`]: cluster mode: history, ids, presence and fan-out between
-//!   nodes in Redis.
+//! - `redis`: cluster mode: history, ids, presence and fan-out between
+//!   nodes in Redis (cargo feature `redis`, on by default).
 
 pub mod memory;
+#[cfg(feature = "redis")]
 pub mod redis;
 pub mod sqlite;
 

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
+#[cfg(feature = "redis")]
 use crate::cluster::{node, Redis};
 use crate::helpers::{
     events_at, metric_value, metrics_at, spawn_app_with, spawn_binary, token, SseClient, WAIT,
@@ -291,6 +292,7 @@ async fn a_crowd_joins_and_leaves_and_the_watcher_stays_with_the_right_count() {
     crowd_comes_and_goes(watcher, app.addr, &app.base, &[&app.base]).await;
 }
 
+#[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowd_on_one_cluster_node_is_counted_right_on_the_other() {
     let _one = ONE_CROWD.lock().await;

@@ -4,8 +4,13 @@ mod helpers;
 
 mod abuse;
 mod browser;
+// Each of these needs a part of the product a build may leave out (the
+// cargo features `tls`, `cli`, `redis`; all on by default).
+#[cfg(feature = "tls")]
 mod browser_tls;
+#[cfg(feature = "cli")]
 mod cli;
+#[cfg(feature = "redis")]
 mod cluster;
 mod crowds;
 mod durability;
@@ -16,4 +21,5 @@ mod ops;
 mod pages;
 mod sending;
 mod streaming;
+#[cfg(feature = "tls")]
 mod tls;
