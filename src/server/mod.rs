@@ -262,6 +262,8 @@ where
         StallTimeout::new(stream, self.write_timeout, self.metrics.clone())
     }
 
+    /// HTTP/1.1 over TLS (plain connections build theirs in [`Self::plain`]).
+    #[cfg(feature = "tls")]
     async fn serve_h1<I>(&self, io: I, peer: SocketAddr, https: bool, closing: &Closing)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
