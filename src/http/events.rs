@@ -54,7 +54,7 @@ impl Drop for DisconnectLog {
 /// Connect and disconnect lines logged one by one per second; beyond, they
 /// are counted, and one summary line at the end of the second gives the
 /// counts. A crowd of 10,000 arriving is 10,000 lines otherwise, and
-/// writing them took about a fifth of the server's CPU through the storm.
+/// writing them took about a seventh of the server's CPU through the storm.
 /// What an operator reads at 3 a.m. is still there: every line in quiet
 /// times; in a storm the first ones, how many more, and how many streams
 /// are open.
