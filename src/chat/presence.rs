@@ -30,18 +30,21 @@ use super::types::{ClientId, DisplayName};
 /// a crowd of thousands arriving costs each stream ten writes a second.
 pub const PRESENCE_GATHER: Duration = Duration::from_millis(100);
 
-/// In a big room, windows are spaced by this much per stream of the room
-/// (beyond [`PRESENCE_GATHER`]): publishing a window wakes every stream for
-/// one write, so a room of n streams flushed every 0.1 s through a crowd's
-/// arrival costs n writes per window, n² over the storm, and a room of
-/// 10,000 then spends more CPU writing presence than the window lasts. With
-/// this spacing a room's presence costs at most 10,000 stream writes a
-/// second whatever its size: windows stay 0.1 s up to 1,000 streams, 1 s at
-/// 10,000. A lone change in a quiet room still goes out after
-/// [`PRESENCE_GATHER`]: the spacing is counted from the previous window.
+/// On a busy node, a room's windows are spaced by this much per stream of
+/// the node (beyond [`PRESENCE_GATHER`]): publishing a window wakes every
+/// stream of the room for one write, so a room of n streams flushed every
+/// 0.1 s through a crowd's arrival costs n writes per window, n² over the
+/// storm, and a room of 10,000 then spends more CPU writing presence than
+/// the window lasts; a hundred rooms of 100 filling up at once, the same.
+/// With this spacing the node's presence costs at most about 10,000 stream
+/// writes a second however its streams are spread: windows stay 0.1 s up
+/// to 1,000 streams, 1 s at 10,000. A lone change in a quiet room still
+/// goes out after [`PRESENCE_GATHER`]: the spacing is counted from the
+/// room's previous window.
 pub const SPACING_PER_STREAM: Duration = Duration::from_micros(100);
 
-/// The least time between two published windows of a room of `streams`.
+/// The least time between two published windows of a room on a node of
+/// `streams`.
 pub fn spacing(streams: usize) -> Duration {
     let per = SPACING_PER_STREAM.saturating_mul(u32::try_from(streams).unwrap_or(u32::MAX));
     PRESENCE_GATHER.max(per)

@@ -32,8 +32,9 @@ pub struct EventStream<G> {
     /// Sent before live events; dropped (with its buffer) once sent.
     prelude: Option<std::vec::IntoIter<Bytes>>,
     /// What the client missed, read from storage a page at a time; live
-    /// events wait in the channel meanwhile.
-    replay: Option<Replay>,
+    /// events wait in the channel meanwhile. Boxed: most streams have
+    /// none, and every idle stream would reserve its room.
+    replay: Option<Box<Replay>>,
     rx: Receiver<Arc<Event>>,
     /// A message received while presence was due: written right after it.
     stash: Option<Arc<Event>>,
@@ -98,7 +99,7 @@ impl<G> EventStream<G> {
 impl<G> EventStream<G> {
     /// Sends `replay` after the prelude, before going live.
     pub fn with_replay(mut self, replay: Replay) -> Self {
-        self.replay = Some(replay);
+        self.replay = Some(Box::new(replay));
         self
     }
 }
@@ -466,6 +467,40 @@ mod tests {
             "the last window tells the count: {last}"
         );
         assert_eq!(hub.metrics().subscribers_dropped_total.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_a_busy_node_a_small_rooms_churn_is_spaced_too() {
+        use crate::chat::presence::spacing;
+        let (hub, mut first, wakes, waker) = watched(64);
+        let mut cx = Context::from_waker(&waker);
+        assert!(drain(&mut first, &mut cx).is_empty());
+        // 3,000 streams elsewhere on the node (spacing: 0.3 s).
+        let elsewhere = RoomName::parse_or_default(Some("elsewhere")).unwrap();
+        let name = DisplayName::parse("x").unwrap();
+        let _crowd: Vec<_> = (10_000..13_000)
+            .map(|c| {
+                hub.open_stream(&elsewhere, ClientId::test(c), &name)
+                    .unwrap()
+            })
+            .collect();
+        // The lobby, a room of one, has a window, then a change right after.
+        let _second = stream_of(&hub, 2);
+        tokio::time::sleep(AFTER_WINDOW).await;
+        assert_eq!(drain(&mut first, &mut cx).len(), 1);
+        let before = wakes.0.load(Ordering::SeqCst);
+        let _third = stream_of(&hub, 3);
+        tokio::time::sleep(AFTER_WINDOW).await;
+        assert_eq!(wakes.0.load(Ordering::SeqCst), before, "not 0.1 s after");
+        tokio::time::sleep(spacing(3_003)).await;
+        assert_eq!(wakes.0.load(Ordering::SeqCst), before + 1);
+        let got = drain(&mut first, &mut cx);
+        assert_eq!(got, [("join".into(), ">> c3 joined (3 online)".into())]);
+        // After a quiet spell a lone change goes out 0.1 s later again.
+        tokio::time::sleep(spacing(3_003)).await;
+        let _fourth = stream_of(&hub, 4);
+        tokio::time::sleep(AFTER_WINDOW).await;
+        assert_eq!(drain(&mut first, &mut cx).len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

@@ -387,7 +387,7 @@ async fn subscriber(
     let opened = async {
         let mut s = sh
             .target
-            .connect()
+            .connect_as(idx)
             .await
             .map_err(|e| format!("connect: {e}"))?;
         s.write_all(req.as_bytes())

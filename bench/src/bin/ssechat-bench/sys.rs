@@ -1,6 +1,6 @@
 //! What the benchmark reads from the operating system: the server's CPU time
 //! and resident memory from `/proc`, the clock-tick rate, and its own
-//! open-files limit.
+//! open-files limit; one socket option.
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit. Returns (soft, hard)
 /// after the change.
@@ -25,6 +25,28 @@ pub fn raise_nofile_limit() -> std::io::Result<(libc::rlim_t, libc::rlim_t)> {
         lim = raised;
     }
     Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// `IP_BIND_ADDRESS_NO_PORT`: a later `bind` to an address with port 0
+/// leaves the port to `connect`, which needs it unique only for the whole
+/// (source, destination) pair and may reuse a port in TIME_WAIT.
+pub fn bind_address_no_port(socket: &impl std::os::fd::AsRawFd) -> std::io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: the fd is an open socket owned by the caller for the whole
+    // call; `on` is a valid c_int whose size is passed with it.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            std::ptr::addr_of!(on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Clock ticks per second (`sysconf(_SC_CLK_TCK)`, 100 on Linux).
