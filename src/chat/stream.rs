@@ -134,6 +134,16 @@ mod tests {
     use super::super::tests::{chat, msg, texts};
     use super::*;
 
+    /// The body's next chunk, within a bound.
+    async fn next_chunk(body: &mut EventStream<()>) -> Bytes {
+        let next = futures_util::StreamExt::next(body);
+        tokio::time::timeout(Duration::from_secs(10), next)
+            .await
+            .expect("a chunk within 10 s")
+            .expect("the stream is open")
+            .expect("no error")
+    }
+
     #[tokio::test]
     async fn a_stream_replays_after_since_then_gets_live_messages() {
         let chat = chat();
@@ -155,19 +165,10 @@ mod tests {
             "remembered"
         );
         let mut body = stream.into_body(Vec::new(), Format::Text, 1000, ());
-        let wait = Duration::from_secs(10);
-        let replayed = tokio::time::timeout(wait, futures_util::StreamExt::next(&mut body))
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let replayed = next_chunk(&mut body).await;
         assert_eq!(&replayed[..], b"event: message\nid: 2\ndata: n: b\n\n");
         chat.post(msg("c")).await.unwrap();
-        let chunk = tokio::time::timeout(wait, futures_util::StreamExt::next(&mut body))
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let chunk = next_chunk(&mut body).await;
         assert_eq!(&chunk[..], b"event: message\nid: 3\ndata: n: c\n\n");
     }
 }
