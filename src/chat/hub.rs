@@ -187,6 +187,14 @@ fn count_delivered(m: &Metrics, receivers: usize, events: usize, len: usize) {
     m.bytes_sent_total.inc_by((receivers * len) as u64);
 }
 
+impl SubscriptionGuard {
+    /// The client whose stream this is (for a long-poll's watch, unset:
+    /// never an [`crate::chat::subscriber::EventStream`]'s viewer).
+    pub(super) fn client(&self) -> ClientId {
+        self.client
+    }
+}
+
 impl Drop for SubscriptionGuard {
     fn drop(&mut self) {
         let client = self.present.then_some(self.client);

@@ -33,7 +33,7 @@ pub struct OpenStream {
     first_page: Vec<Message>,
     chat: Chat,
     room: RoomName,
-    client: ClientId,
+    /// Also whose stream it is: the body's viewer.
     sub: Subscription,
     metrics: Arc<Metrics>,
 }
@@ -54,14 +54,11 @@ impl OpenStream {
             first_page,
             chat,
             room,
-            client,
             sub,
             metrics,
             ..
         } = self;
-        let body = EventStream::new(
-            sub, prelude, client, format, since, retry_ms, metrics, guards,
-        );
+        let body = EventStream::new(sub, prelude, format, since, retry_ms, metrics, guards);
         if since.is_none() {
             return body;
         }
@@ -122,7 +119,6 @@ impl Chat {
             first_page,
             chat: self.clone(),
             room: room.clone(),
-            client,
             sub,
             metrics: self.hub.metrics().clone(),
         })

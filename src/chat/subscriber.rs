@@ -44,7 +44,6 @@ pub struct EventStream<G> {
     seen: Tally,
     /// Typing notices of the board already looked at.
     typing_seen: u64,
-    viewer: ClientId,
     format: Format,
     /// The newest message id this stream has sent (or the client had):
     /// live events at or below it were covered by replay.
@@ -54,7 +53,8 @@ pub struct EventStream<G> {
     metrics: Arc<Metrics>,
     /// Dropped with the stream: presence, permits, the disconnect log line.
     /// (Held inline: the stream is boxed once by the HTTP layer already.)
-    _guards: (SubscriptionGuard, G),
+    /// The subscription's guard also says whose stream it is: the viewer.
+    guards: (SubscriptionGuard, G),
 }
 
 impl<G> EventStream<G> {
@@ -62,7 +62,6 @@ impl<G> EventStream<G> {
     pub fn new(
         sub: Subscription,
         prelude: Vec<Bytes>,
-        viewer: ClientId,
         format: Format,
         last_id: Option<EventId>,
         retry_ms: u64,
@@ -85,18 +84,22 @@ impl<G> EventStream<G> {
             board,
             seen,
             typing_seen,
-            viewer,
             format,
             last_id,
             done: false,
             retry_ms,
             metrics,
-            _guards: (guard, guards),
+            guards: (guard, guards),
         }
     }
 }
 
 impl<G> EventStream<G> {
+    /// The client this stream is for (its own messages read `me:`).
+    fn viewer(&self) -> ClientId {
+        self.guards.0.client()
+    }
+
     /// Sends `replay` after the prelude, before going live.
     pub fn with_replay(mut self, replay: Replay) -> Self {
         self.replay = Some(Box::new(replay));
@@ -130,7 +133,7 @@ impl<G> EventStream<G> {
             }
         }
         let typing = if self.format == Format::Json && self.board.typing_seq() > self.typing_seen {
-            let (chunk, to) = self.board.typing_after(self.typing_seen, self.viewer);
+            let (chunk, to) = self.board.typing_after(self.typing_seen, self.viewer());
             self.typing_seen = to;
             chunk
         } else {
@@ -209,7 +212,7 @@ impl<G> EventStream<G> {
                     let fresh = message::messages_after(list, self.last_id);
                     let Some(newest) = fresh.last() else { continue };
                     self.last_id = Some(newest.message.id);
-                    let (viewer, format) = (Some(self.viewer), self.format);
+                    let (viewer, format) = (Some(self.viewer()), self.format);
                     if let [one] = fresh {
                         one.frame_for(viewer, format).clone()
                     } else {
@@ -244,7 +247,7 @@ impl<G: Unpin> Stream for EventStream<G> {
             this.prelude = None;
         }
         if let Some(replay) = &mut this.replay {
-            let step = replay.poll_step(cx, &mut this.last_id, this.viewer, this.format);
+            let step = replay.poll_step(cx, &mut this.last_id, this.guards.0.client(), this.format);
             match step {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Step::Chunk(b)) => {
@@ -328,7 +331,6 @@ mod tests {
         let mut s = EventStream::new(
             sub,
             Vec::new(),
-            ClientId::test(1),
             Format::Text,
             None,
             1000,
@@ -360,7 +362,6 @@ mod tests {
         EventStream::new(
             sub,
             Vec::new(),
-            ClientId::test(client),
             Format::Text,
             None,
             1000,
@@ -404,16 +405,7 @@ mod tests {
             .open_stream(&RoomName::lobby(), ClientId::test(client), &name)
             .unwrap();
         let m = hub.metrics().clone();
-        EventStream::new(
-            sub,
-            Vec::new(),
-            ClientId::test(client),
-            format,
-            None,
-            1000,
-            m,
-            (),
-        )
+        EventStream::new(sub, Vec::new(), format, None, 1000, m, ())
     }
 
     const AFTER_WINDOW: std::time::Duration =
@@ -651,7 +643,6 @@ mod tests {
         let mut s = EventStream::new(
             sub,
             Vec::new(),
-            ClientId::test(1),
             Format::Text,
             Some(EventId::assigned(1)),
             1000,
