@@ -105,12 +105,7 @@ impl Application {
             addr,
             cancel,
             tracker,
-            state: AppState {
-                chat,
-                config: Arc::new(config),
-                limits,
-                metrics,
-            },
+            state: AppState::new(chat, Arc::new(config), limits, metrics),
             tls,
         })
     }

@@ -317,12 +317,7 @@ async fn run(data: &[u8]) {
         config.max_streams_per_ip,
         config.max_long_polls,
     ));
-    let state = AppState {
-        chat: chat.clone(),
-        config: config.clone(),
-        limits,
-        metrics,
-    };
+    let state = AppState::new(chat.clone(), config.clone(), limits, metrics);
     let svc = warp::service(routes(state));
     let mut seen = Seen { ids: Vec::new() };
     let mut streams: Vec<(String, Response, Parser, Vec<u64>)> = Vec::new();

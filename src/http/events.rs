@@ -2,7 +2,7 @@
 //! lines (one by one while they are few, counted in a storm).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use warp::http::{header, HeaderValue};
@@ -40,12 +40,12 @@ struct DisconnectLog {
     room: RoomName,
     name: DisplayName,
     peer: Option<SocketAddr>,
-    metrics: Arc<Metrics>,
+    log: Arc<StreamLog>,
 }
 
 impl Drop for DisconnectLog {
     fn drop(&mut self) {
-        if stream_log().admit(Kind::Disconnect, &self.metrics) {
+        if self.log.admit(Kind::Disconnect) {
             tracing::info!(room = %self.room, name = %self.name, peer = ?self.peer, "disconnect");
         }
     }
@@ -108,23 +108,27 @@ impl Budget {
     }
 }
 
-struct StreamLog {
+/// One application's connect and disconnect lines (in [`AppState`]: each
+/// server, and each test's, counts its own).
+pub struct StreamLog {
     start: tokio::time::Instant,
     budget: Mutex<Budget>,
-}
-
-fn stream_log() -> &'static StreamLog {
-    static LOG: OnceLock<StreamLog> = OnceLock::new();
-    LOG.get_or_init(|| StreamLog {
-        start: tokio::time::Instant::now(),
-        budget: Mutex::new(Budget::default()),
-    })
+    /// For the summary's count of open streams.
+    metrics: Arc<Metrics>,
 }
 
 impl StreamLog {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        StreamLog {
+            start: tokio::time::Instant::now(),
+            budget: Mutex::new(Budget::default()),
+            metrics,
+        }
+    }
+
     /// Whether to log this line; if not, it is counted, and the summary
     /// follows at the end of the second.
-    fn admit(&'static self, kind: Kind, metrics: &Arc<Metrics>) -> bool {
+    fn admit(self: &Arc<Self>, kind: Kind) -> bool {
         let elapsed = self.start.elapsed();
         let admitted = self
             .budget
@@ -135,7 +139,7 @@ impl StreamLog {
             Admit::Log => true,
             Admit::Count { schedule_summary } => {
                 if schedule_summary {
-                    self.summarize_after(elapsed, metrics.clone());
+                    self.summarize_after(elapsed);
                 }
                 false
             }
@@ -143,18 +147,19 @@ impl StreamLog {
     }
 
     /// Logs the summary when the second of `elapsed` ends.
-    fn summarize_after(&'static self, elapsed: Duration, metrics: Arc<Metrics>) {
+    fn summarize_after(self: &Arc<Self>, elapsed: Duration) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return self.summarize(&metrics); // no runtime: at once
+            return self.summarize(); // no runtime: at once
         };
         let end = self.start + Duration::from_secs(elapsed.as_secs() + 1);
+        let log = self.clone();
         runtime.spawn(async move {
             tokio::time::sleep_until(end).await;
-            self.summarize(&metrics);
+            log.summarize();
         });
     }
 
-    fn summarize(&self, metrics: &Metrics) {
+    fn summarize(&self) {
         let (connects, disconnects) = self
             .budget
             .lock()
@@ -163,7 +168,7 @@ impl StreamLog {
         tracing::info!(
             connects,
             disconnects,
-            streams_open = metrics.sse_streams.get(),
+            streams_open = self.metrics.sse_streams.get(),
             "stream connects and disconnects not logged one by one \
              (beyond {LOG_EACH_PER_SECOND} a second)"
         );
@@ -212,7 +217,7 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
         sse::retry(state.config.retry_ms),
         message::hello_frame(&room, &name, online, minted),
     ];
-    if stream_log().admit(Kind::Connect, &state.metrics) {
+    if state.stream_log.admit(Kind::Connect) {
         tracing::info!(
             room = %room, name = %name, online, since = ?stream.since,
             peer = ?ctx.peer, client = ?ctx.client, "connect"
@@ -222,7 +227,7 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
         room: room.clone(),
         name: name.clone(),
         peer: ctx.peer,
-        metrics: state.metrics.clone(),
+        log: state.stream_log.clone(),
     };
     let body = stream.into_body(prelude, format, state.config.retry_ms, (permit, log));
     let mut res = warp::reply::stream(body).into_response();

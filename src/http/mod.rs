@@ -36,6 +36,25 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
+    /// Connect and disconnect lines, throttled in a storm.
+    stream_log: Arc<events::StreamLog>,
+}
+
+impl AppState {
+    pub fn new(
+        chat: Chat,
+        config: Arc<Config>,
+        limits: Arc<Limits>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        AppState {
+            stream_log: Arc::new(events::StreamLog::new(metrics.clone())),
+            chat,
+            config,
+            limits,
+            metrics,
+        }
+    }
 }
 
 /// The peer's address, put into each request's extensions by the server loop.
