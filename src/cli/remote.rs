@@ -11,6 +11,7 @@ use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::{Response, Url};
 
 use super::args::Conn;
+use ssechat::chat::types::random_hex;
 
 /// Header a script uses to say who it is (a secret: never in a URL, where
 /// proxies and server logs would keep it).
@@ -81,16 +82,12 @@ impl Remote {
 /// A fresh client token: 160 random bits as hex, made once per run so that
 /// retries and reconnects stay one person.
 pub fn mint_token() -> String {
-    let mut raw = [0u8; 20];
-    getrandom::fill(&mut raw).expect("the operating system's random source failed");
-    raw.iter().map(|b| format!("{b:02x}")).collect()
+    random_hex(20)
 }
 
 /// A random request id for `client_msg_id` (128 bits, hex).
 pub fn random_id() -> String {
-    let mut raw = [0u8; 16];
-    getrandom::fill(&mut raw).expect("the operating system's random source failed");
-    raw.iter().map(|b| format!("{b:02x}")).collect()
+    random_hex(16)
 }
 
 /// The body of a response, refusing to hold more than `limit` bytes of it

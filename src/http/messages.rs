@@ -11,6 +11,7 @@ use warp::reply::Response;
 
 use super::error::ApiError;
 use super::form::Fields;
+use super::lines::Line;
 use super::{identity, json_response, AppState, Ctx};
 use crate::chat::history::NewMessage;
 use crate::chat::message::MessageJson;
@@ -272,10 +273,14 @@ where
         .await?;
     let Accepted { id, room, new } = outcome;
     let status = if new {
-        tracing::info!(room = %room, id = %id, name = %name, chars, "message");
+        if state.lines.admit(Line::Message) {
+            tracing::info!(room = %room, id = %id, name = %name, chars, "message");
+        }
         StatusCode::CREATED
     } else {
-        tracing::info!(room = %room, id = %id, name = %name, "duplicate message ignored (client_msg_id)");
+        if state.lines.admit(Line::Duplicate) {
+            tracing::info!(room = %room, id = %id, name = %name, "duplicate message ignored (client_msg_id)");
+        }
         StatusCode::OK
     };
     let mut res = if kind == BodyKind::Form && wants_html(&ctx.headers) {

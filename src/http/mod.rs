@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod form;
 pub mod identity;
+pub mod lines;
 pub mod messages;
 pub mod online;
 pub mod ops;
@@ -36,8 +37,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub limits: Arc<Limits>,
     pub metrics: Arc<Metrics>,
-    /// Connect and disconnect lines, throttled in a storm.
-    stream_log: Arc<events::StreamLog>,
+    /// Connect, disconnect and message log lines, counted in a storm.
+    lines: Arc<lines::Lines>,
 }
 
 impl AppState {
@@ -48,7 +49,7 @@ impl AppState {
         metrics: Arc<Metrics>,
     ) -> Self {
         AppState {
-            stream_log: Arc::new(events::StreamLog::new(metrics.clone())),
+            lines: Arc::new(lines::Lines::new(metrics.clone())),
             chat,
             config,
             limits,

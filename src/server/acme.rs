@@ -12,7 +12,6 @@
 //! once; nothing is ordered until a third of its lifetime is left.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -32,6 +31,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::tls::{load_pair, provider, TlsError, ALPN_ACME};
+use crate::chat::types::hex;
 use crate::config::Config;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -478,13 +478,6 @@ fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     f.write_all(data)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
 }
 
 fn days_until(t: SystemTime) -> u64 {

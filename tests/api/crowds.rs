@@ -16,8 +16,7 @@ use tokio::sync::mpsc;
 #[cfg(feature = "redis")]
 use crate::cluster::{node, Redis};
 use crate::helpers::{
-    events_at, metric_value, metrics_at, spawn_app_with, spawn_binary, token, wait_metric_where,
-    SseClient, WAIT,
+    events_at, metric_value, metrics_at, spawn_app_with, spawn_binary, token, SseClient, WAIT,
 };
 
 /// The crowd, and how many of them share one client address.
@@ -293,19 +292,18 @@ async fn a_crowd_joins_and_leaves_and_the_watcher_stays_with_the_right_count() {
     crowd_comes_and_goes(watcher, app.addr, &app.base, &[&app.base]).await;
 }
 
-/// The server process's resident memory, KiB (`VmRSS`).
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// A crowd that leaves gives its memory back: jemalloc's background thread
 /// returns what stays free (after about 10 s), where glibc's malloc kept a
 /// crowd's memory for the process's life (see src/main.rs).
 #[cfg(feature = "jemalloc")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crowd_that_leaves_gives_its_memory_back() {
+    /// The server process's resident memory, KiB (`VmRSS`).
+    fn rss_kib(pid: u32) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
     let _one = ONE_CROWD.lock().await;
     enough_files();
     let per_ip = PER_ADDRESS.to_string();
@@ -331,7 +329,7 @@ async fn a_crowd_that_leaves_gives_its_memory_back() {
         "{CROWD} streams grew RSS by {grew} KiB only ({before} -> {held})"
     );
     drop(crowd);
-    wait_metric_where(&app.base, "ssechat_sse_streams", "0", |v| v == 0.0).await;
+    crate::helpers::wait_metric_where(&app.base, "ssechat_sse_streams", "0", |v| v == 0.0).await;
     // Most of it, not all: the rooms' tables and the runtime's keep their
     // capacity (release build: 7.9 -> 15.6 -> 10.6 MB for 1,000 streams
     // after 18 s; 7.9 -> 81 -> 14 MB for 10,000 after 10 s). Bounded: the
