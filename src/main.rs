@@ -9,25 +9,26 @@ mod cli;
 
 use std::process::ExitCode;
 
-/// jemalloc, not the system's malloc, because of what a crowd costs.
-///
-/// An idle SSE stream is mostly hyper's two 8 KiB buffers, of which a few
-/// hundred bytes are ever written; glibc's malloc packs them between the
-/// connection's small objects, so the untouched rest often shares pages that
-/// something else wrote, and what a crowd leaves behind stays in its arenas
-/// for good. Measured with 10,000 idle streams in one room
-/// (`docs/BENCHMARK.md`, "Memory per connection"): 11.7 KiB per stream with
-/// glibc, 7.4 with jemalloc; after they leave, 110 MB stayed resident with
-/// glibc, 13 MB with jemalloc (its background thread returns what stays free
-/// for 10 s). One arena (`.cargo/config.toml`): what a chat server
-/// allocates is small and short, and each thread's cache absorbs it.
-#[cfg(feature = "jemalloc")]
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 use clap::{Parser, Subcommand};
 use ssechat::config::Config;
 use ssechat::startup::Application;
+
+/// jemalloc, not the system's malloc, because of what a crowd costs.
+///
+/// An idle SSE stream is mostly hyper's two 8 KiB buffers, of which a few
+/// hundred bytes are ever written, and RSS counts written pages only.
+/// glibc's malloc puts the buffers between the connection's small objects,
+/// where what is written near them makes more of their pages resident, and
+/// it keeps what a crowd leaves behind for good. Measured with 10,000 idle
+/// streams in one room (`docs/BENCHMARK.md`, "Memory per idle connection,
+/// and the allocator"): 11.7 KiB per stream with glibc, 7.35 with jemalloc;
+/// after they left, 110 MB stayed resident with glibc, 14 MB with jemalloc
+/// (its background thread returns what stays free for 10 s). One arena
+/// (`.cargo/config.toml`): what a chat server allocates is small and short,
+/// and each thread's cache absorbs it.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// ssechat: a chat server (receive over Server-Sent Events, send with plain
 /// HTTP POST) and its command-line client.
