@@ -8,7 +8,7 @@ use ssechat::sse::{Item, Parser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::helpers::{
-    events_at, eventually, spawn_app_with, spawn_binary, token, wait_metric, TestApp, WAIT,
+    events_at, eventually, rss_kib, spawn_app_with, spawn_binary, token, wait_metric, TestApp, WAIT,
 };
 
 async fn error_of(res: reqwest::Response) -> (u16, String) {
@@ -120,15 +120,6 @@ async fn hostile_headers_get_clear_4xx_and_change_nothing() {
     assert_eq!(res.status(), 200);
     assert!(res.headers().contains_key("set-cookie"));
     assert!(app.texts("h").await.is_empty());
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[tokio::test]

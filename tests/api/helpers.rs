@@ -384,15 +384,31 @@ pub async fn wait_metric_where(base: &str, name: &str, want: &str, ok: impl Fn(f
 }
 
 /// Waits (bounded) until `cond` holds, checking after each yield.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
+pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    eventually_within(WAIT, what, cond).await
+}
+
+/// [`eventually`] with a bound of its own, for what has no event to wait
+/// for and takes longer than [`WAIT`] (a process's memory going down).
+pub async fn eventually_within(bound: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + bound;
     while !cond() {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting for: {what}"
+            "timed out after {bound:?} waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Resident memory of process `pid`, in KiB (`VmRSS`).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
 
 /// Whether a test that cannot run (a missing external program, no root

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::helpers::{events_at, metric_value, spawn_app_with, token, TestApp, WAIT};
+use crate::helpers::{events_at, metric_value, rss_kib, spawn_app_with, token, TestApp, WAIT};
 
 /// An HTTP client whose connections come from `local` (127.0.0.2, ...).
 fn client_from(local: &str) -> reqwest::Client {
@@ -448,16 +448,6 @@ async fn the_stream_opening_rate_has_flags_of_its_own() {
     }
     assert_eq!(statuses, [200, 200, 200, 429, 429]);
     assert!(open[3].headers.contains_key("retry-after"));
-}
-
-/// Resident memory of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[tokio::test]
