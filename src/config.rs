@@ -238,6 +238,16 @@ pub enum Durability {
     Normal,
 }
 
+/// What to say when a flag or subcommand needs a part this build left out:
+/// `what` needs it (e.g. "--redis needs cluster mode"), `feature` is the
+/// cargo feature that brings it.
+pub fn left_out(what: &str, feature: &str) -> String {
+    format!(
+        "{what}, which this build of ssechat left out (cargo feature `{feature}`, on by \
+         default: rebuild without --no-default-features, or add --features {feature})"
+    )
+}
+
 /// The command line with every environment variable unbound.
 fn command_without_env() -> clap::Command {
     let mut cmd = <Config as clap::CommandFactory>::command();

@@ -80,10 +80,9 @@ fn main() -> ExitCode {
         Some("send" | "listen")
     );
     if client && cfg!(not(feature = "cli")) {
-        eprintln!(
-            "ssechat: this build left out the command-line client (cargo feature `cli`, \
-             on by default: rebuild without --no-default-features, or add --features cli)"
-        );
+        let why =
+            ssechat::config::left_out("`send` and `listen` are the command-line client", "cli");
+        eprintln!("ssechat: {why}");
         return ExitCode::from(2);
     }
     let command = if client {

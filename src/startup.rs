@@ -265,11 +265,10 @@ async fn start_cluster(
     _cancel: &CancellationToken,
     _tracker: &TaskTracker,
 ) -> Result<Chat, StartupError> {
-    Err(StartupError::Config(
-        "--redis needs cluster mode, which this build of ssechat left out (cargo feature \
-         `redis`, on by default: rebuild without --no-default-features, or add --features redis)"
-            .into(),
-    ))
+    Err(StartupError::Config(crate::config::left_out(
+        "--redis needs cluster mode",
+        "redis",
+    )))
 }
 
 /// Periodic work: keep-alive ticks and history pruning.

@@ -246,8 +246,9 @@ impl<G: Unpin> Stream for EventStream<G> {
             }
             this.prelude = None;
         }
+        let viewer = this.viewer();
         if let Some(replay) = &mut this.replay {
-            let step = replay.poll_step(cx, &mut this.last_id, this.guards.0.client(), this.format);
+            let step = replay.poll_step(cx, &mut this.last_id, viewer, this.format);
             match step {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Step::Chunk(b)) => {

@@ -21,12 +21,10 @@ impl Tls {
     pub fn from_config(config: &Config) -> Result<Option<Tls>, TlsError> {
         if config.tls_cert.is_some() || config.tls_key.is_some() || !config.acme_domains.is_empty()
         {
-            return Err(TlsError::Config(
-                "--tls-cert, --tls-key and --acme-domain need HTTPS, which this build of \
-                 ssechat left out (cargo feature `tls`, on by default: rebuild without \
-                 --no-default-features, or add --features tls)"
-                    .into(),
-            ));
+            return Err(TlsError::Config(crate::config::left_out(
+                "--tls-cert, --tls-key and --acme-domain need HTTPS",
+                "tls",
+            )));
         }
         Ok(None)
     }
