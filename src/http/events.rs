@@ -45,7 +45,10 @@ struct DisconnectLog {
 impl Drop for DisconnectLog {
     fn drop(&mut self) {
         if self.log.admit(Line::Disconnect) {
-            tracing::info!(room = %self.room, name = %self.name, peer = ?self.peer, "disconnect");
+            tracing::info!(
+                room = %self.room, name = %self.name,
+                peer = self.peer.map(display), "disconnect"
+            );
         }
     }
 }
@@ -94,8 +97,8 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
     ];
     if state.lines.admit(Line::Connect) {
         tracing::info!(
-            room = %room, name = %name, online, since = ?stream.since,
-            peer = ?ctx.peer, client = ?ctx.client, "connect"
+            room = %room, name = %name, online, since = stream.since.map(display),
+            peer = ctx.peer.map(display), client = ctx.client.map(display), "connect"
         );
     }
     let log = DisconnectLog {

@@ -210,7 +210,7 @@ where
     let res = match handle_post(&state, &ctx, body).await {
         Ok(res) => res,
         Err(e) => {
-            tracing::debug!(error = %e, peer = ?ctx.peer, "POST refused");
+            tracing::debug!(error = %e, peer = ctx.peer.map(display), "POST refused");
             e.respond(&metrics)
         }
     };

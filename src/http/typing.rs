@@ -35,7 +35,7 @@ where
     match handle(&state, &ctx, body).await {
         Ok(res) => res,
         Err(e) => {
-            tracing::debug!(error = %e, peer = ?ctx.peer, "typing refused");
+            tracing::debug!(error = %e, peer = ctx.peer.map(display), "typing refused");
             e.respond(&state.metrics)
         }
     }
