@@ -141,6 +141,9 @@ impl Sender {
         let url = self.remote.endpoint("chat/messages");
         let deadline = Instant::now() + self.args.retry_for;
         let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(8));
+        // Said once per message, so a script's user is not left looking at
+        // a silent terminal for a minute. A 429 is ordinary pacing: not said.
+        let mut said = false;
         loop {
             let res = self
                 .remote
@@ -153,7 +156,7 @@ impl Sender {
                 .body(body.clone())
                 .send()
                 .await;
-            let (why, hint) = match res {
+            let (why, hint, say) = match res {
                 Ok(res) if matches!(res.status(), StatusCode::CREATED | StatusCode::OK) => {
                     let status = res.status();
                     match remote::body_bounded(res, 64 * 1024).await {
@@ -170,12 +173,13 @@ impl Sender {
                         }
                         // Stored, but the answer was cut: asking again
                         // returns the original id.
-                        Err(e) => (e, None),
+                        Err(e) => (e, None, true),
                     }
                 }
                 Ok(res) if retryable(res.status()) => {
                     let hint = remote::retry_after(res.headers());
-                    (remote::refusal(res).await, hint)
+                    let say = res.status() != StatusCode::TOO_MANY_REQUESTS;
+                    (remote::refusal(res).await, hint, say)
                 }
                 Ok(res) => return Outcome::Refused(res.status(), remote::refusal(res).await),
                 Err(e) => {
@@ -185,7 +189,7 @@ impl Sender {
                     if why.contains("invalid peer certificate") {
                         return Outcome::Unreachable(why);
                     }
-                    (why, None)
+                    (why, None, true)
                 }
             };
             let wait = hint
@@ -196,6 +200,13 @@ impl Sender {
                     "{why} (gave up after {} s of retries; --retry-for)",
                     self.args.retry_for.as_secs_f64()
                 ));
+            }
+            if say && !said {
+                said = true;
+                eprintln!(
+                    "ssechat send: {why}; retrying for up to {} s (--retry-for)",
+                    self.args.retry_for.as_secs_f64()
+                );
             }
             tokio::time::sleep(wait).await;
         }

@@ -292,6 +292,11 @@ fn an_unreachable_server_exits_1() {
     assert_eq!(out.code, 1, "stderr: {}", out.stderr);
     assert!(out.stderr.contains("refused"), "says why: {}", out.stderr);
     assert!(
+        out.stderr.contains("retrying for up to 1 s"),
+        "says it retries, before giving up: {}",
+        out.stderr
+    );
+    assert!(
         started.elapsed() >= Duration::from_millis(500),
         "it retried before giving up"
     );
