@@ -1,4 +1,4 @@
-# Shared by the scripts that run a server of their own (sourced, not run).
+# Shared by the scripts (sourced, not run).
 #
 # start_ssechat NAME LOG BIN [FLAGS...]: starts BIN on 127.0.0.1, port 0,
 # with FLAGS, logging to LOG, and waits (at most 15 s) for its "listening
@@ -24,4 +24,29 @@ start_ssechat() {
     kill "$SERVER" 2>/dev/null
     echo "$name: the server did not listen within 15 s: $(tail -5 "$log")" >&2
     exit 1
+}
+
+# schemathesis wants Python 3.12 or later: CPython 3.11's ast.parse fails at
+# random stack depths with "SystemError: AST constructor recursion depth
+# mismatch" (CPython issue 106905), which hypothesis's lambda descriptions
+# hit in schemathesis's coverage phase (seen on 3.11.2 and 3.11.7, never on
+# 3.12.1 or 3.13.0).
+#
+# python_3_12_or_later PY: whether PY runs and is 3.12 or later.
+python_3_12_or_later() {
+    [ "$("$1" -c 'import sys; print(sys.version_info >= (3, 12))' 2>/dev/null)" = True ]
+}
+
+# pick_python: prints the newest Python 3.12+ found (python3.14, 3.13, 3.12
+# on PATH, then pyenv's versions), else python3.
+pick_python() {
+    local c
+    for c in python3.14 python3.13 python3.12 \
+        $(command -v pyenv >/dev/null && ls -d "$(pyenv root)"/versions/3.1[2-9]*/bin/python3 2>/dev/null | sort -rV); do
+        if python_3_12_or_later "$c"; then
+            echo "$c"
+            return
+        fi
+    done
+    echo python3
 }
