@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tracing::field;
 use warp::http::{header, HeaderValue};
 use warp::reply::Response;
 use warp::Reply;
@@ -47,7 +48,7 @@ impl Drop for DisconnectLog {
         if self.log.admit(Line::Disconnect) {
             tracing::info!(
                 room = %self.room, name = %self.name,
-                peer = self.peer.map(display), "disconnect"
+                peer = self.peer.map(field::display), "disconnect"
             );
         }
     }
@@ -97,8 +98,11 @@ async fn open(state: &AppState, ctx: Ctx) -> Result<Response, ApiError> {
     ];
     if state.lines.admit(Line::Connect) {
         tracing::info!(
-            room = %room, name = %name, online, since = stream.since.map(display),
-            peer = ctx.peer.map(display), client = ctx.client.map(display), "connect"
+            room = %room, name = %name, online,
+            since = stream.since.map(field::display),
+            peer = ctx.peer.map(field::display),
+            client = ctx.client.map(field::display),
+            "connect"
         );
     }
     let log = DisconnectLog {

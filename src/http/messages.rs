@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes};
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
+use tracing::field;
 use warp::http::{header, HeaderMap, HeaderValue, StatusCode};
 use warp::reply::Response;
 
@@ -210,7 +211,7 @@ where
     let res = match handle_post(&state, &ctx, body).await {
         Ok(res) => res,
         Err(e) => {
-            tracing::debug!(error = %e, peer = ctx.peer.map(display), "POST refused");
+            tracing::debug!(error = %e, peer = ctx.peer.map(field::display), "POST refused");
             e.respond(&metrics)
         }
     };

@@ -8,6 +8,7 @@
 use bytes::Buf;
 use futures_util::Stream;
 use serde::Deserialize;
+use tracing::field;
 use warp::http::{header, StatusCode};
 use warp::reply::Response;
 
@@ -35,7 +36,7 @@ where
     match handle(&state, &ctx, body).await {
         Ok(res) => res,
         Err(e) => {
-            tracing::debug!(error = %e, peer = ctx.peer.map(display), "typing refused");
+            tracing::debug!(error = %e, peer = ctx.peer.map(field::display), "typing refused");
             e.respond(&state.metrics)
         }
     }
