@@ -14,6 +14,8 @@
 #[cfg(feature = "tls")]
 pub mod acme;
 #[cfg(feature = "tls")]
+mod first_bytes;
+#[cfg(feature = "tls")]
 pub mod tls;
 #[cfg(not(feature = "tls"))]
 #[path = "no_tls.rs"]
@@ -49,8 +51,9 @@ const SEND_BUFFER: usize = 128 * 1024;
 /// Largest request head (line + headers) accepted.
 const MAX_HEAD_BYTES: usize = 32 * 1024;
 
-/// How long a new connection may take to say anything (plain) or to finish
-/// its TLS handshake; the same bound HTTP/1.1 puts on reading a head.
+/// How long a new connection may take to say anything: a plain one from
+/// its accept, an HTTPS one from the end of its handshake
+/// ([`first_bytes`]). The same bound HTTP/1.1 puts on reading a head.
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 #[cfg(feature = "tls")]
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -244,8 +247,8 @@ where
                 Err(_) => return,
             },
         };
-        let io = TokioIo::new(stream);
-        match io.inner().get_ref().1.alpn_protocol() {
+        let io = TokioIo::new(first_bytes::FirstBytes::new(stream, FIRST_BYTES_TIMEOUT));
+        match io.inner().get_ref().get_ref().1.alpn_protocol() {
             // A TLS-ALPN-01 check: the handshake was the answer.
             Some(ALPN_ACME) => {}
             Some(ALPN_H2) => self.serve_h2(io, peer, true, closing).await,

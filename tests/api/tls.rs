@@ -291,6 +291,66 @@ async fn one_unread_http2_stream_does_not_hold_up_the_others() {
     }
 }
 
+/// A TLS connection (ALPN `proto`) that finishes its handshake, then sends
+/// nothing: how long until the server closes it (read gives EOF or an
+/// error), or `None` if it is still open after `within`.
+async fn silent_after_handshake(t: &TlsApp, proto: &[u8], within: Duration) -> Option<Duration> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use tokio::io::AsyncReadExt;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(t.ca.pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![proto.to_vec()];
+    let tcp = tokio::net::TcpStream::connect(t.app.addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(proto));
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout(within.saturating_sub(started.elapsed()), tls.read(&mut buf))
+            .await
+        {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(started.elapsed()),
+            // HTTP/2 never started (no preface from us), so nothing should
+            // come; whatever does is read past.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_that_says_nothing_after_the_tls_handshake_is_closed() {
+    let t = spawn_tls(&[]).await;
+    // The bound is the plain port's first-bytes wait, 30 s: not sooner
+    // (a slow client is not cut early), and not never.
+    let within = Duration::from_secs(60);
+    let (h2, h1) = tokio::join!(
+        silent_after_handshake(&t, b"h2", within),
+        silent_after_handshake(&t, b"http/1.1", within),
+    );
+    for (proto, took) in [("h2", h2), ("http/1.1", h1)] {
+        let took = took.unwrap_or_else(|| panic!("{proto}: still open after {within:?}"));
+        assert!(
+            took >= Duration::from_secs(25),
+            "{proto}: closed after {took:?}, sooner than the 30 s first-bytes bound"
+        );
+    }
+}
+
 #[tokio::test]
 async fn cookie_is_secure_over_tls_and_hsts_is_sent_when_asked() {
     let t = spawn_tls(&["--hsts"]).await;
